@@ -1,0 +1,63 @@
+"""The ``cartoonx`` command: a thin face over the Python API.
+
+Each subcommand lives in ``amortized/commands/<name>.py`` with ``add_arguments(parser)`` and
+``run(args) -> int``; heavy imports (Lightning, webdataset) happen inside ``run``, so ``explain``
+never loads Lightning. Errors we raise for bad input become one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import Sequence
+
+COMMANDS = {
+    "explain": "explain images with CartoonX / Pixel RDE and write figures",
+    "generate": "generate exact CartoonX mask targets into WebDataset shards",
+    "shards": "inspect, verify and preview a shard directory",
+    "train": "train the amortized mask initializer (LightningCLI)",
+    "compare": "compare initializations by loss curves and steps-to-reach",
+}
+
+
+def _command_module(name: str):
+    return importlib.import_module(f"amortized.commands.{name}")
+
+
+def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cartoonx", description="Fast CartoonX explanations for image classifiers.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in commands or COMMANDS:
+        try:
+            module = _command_module(name)
+        except ModuleNotFoundError:
+            continue
+        p = sub.add_parser(name, help=COMMANDS[name], description=(module.__doc__ or COMMANDS[name]).strip())
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Parse only the chosen subcommand's arguments so that unrelated modules are not imported.
+    chosen = [a for a in argv[:1] if a in COMMANDS]
+    parser = build_parser(chosen or None)
+    args, rest = parser.parse_known_args(argv)
+    if rest and not getattr(args, "_accepts_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if rest:
+        args.extra = rest
+    try:
+        return int(args._run(args) or 0)
+    except (ValueError, FileNotFoundError, TypeError) as e:
+        print(f"cartoonx {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cartoonx {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

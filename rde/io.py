@@ -1,0 +1,84 @@
+"""Reading images from disk into [0, 1] tensors, with errors that name the file at fault."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFile, UnidentifiedImageError
+from torch import Tensor
+from torchvision.transforms import functional as TF
+
+
+class ImageLoadError(ValueError):
+    """An image file that cannot be used; the message names the file and the reason."""
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Open any PIL-readable image as 8-bit RGB.
+
+    Greyscale is replicated to three channels, RGBA/LA is composited on white, CMYK and palette
+    images are converted, and 16-bit or float images are rescaled to 8 bits by their range.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ImageLoadError(f"{path}: no such file")
+    if path.is_dir():
+        raise ImageLoadError(f"{path}: is a directory, not an image")
+    ImageFile.LOAD_TRUNCATED_IMAGES = False
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return _to_rgb(img)
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"{path}: not an image file (PIL cannot identify it)") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageLoadError(f"{path}: unreadable or truncated image ({e})") from None
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        hi = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        if img.mode == "F":
+            hi = max(float(arr.max()), 1.0)
+        arr = np.clip(arr / hi * 255.0, 0, 255).astype(np.uint8)
+        img = Image.fromarray(arr, mode="L")
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def preprocess(img: Image.Image, size: int) -> Tensor:
+    """Deterministic resize (shorter side to ``size``, bilinear with antialias) and center crop -> ``(3, size, size)``."""
+    tensor = TF.pil_to_tensor(img)
+    tensor = TF.resize(tensor, size, interpolation=TF.InterpolationMode.BILINEAR, antialias=True)
+    tensor = TF.center_crop(tensor, [size, size])
+    return tensor.float().div_(255.0)
+
+
+def load_images(paths: list[str | Path], size: int) -> Tensor:
+    """Load and preprocess several files into ``(B, 3, size, size)``; raises on the first bad file."""
+    return torch.stack([preprocess(load_image(p), size) for p in paths])
+
+
+def check_images(images: Tensor, name: str = "images") -> None:
+    """Validate a batch given through the Python API: shape (B, 3, H, W), finite, within [0, 1]."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (B, 3, H, W), got {type(images).__name__}")
+    if images.dim() != 4 or images.shape[1] != 3:
+        raise ValueError(f"{name} must have shape (B, 3, H, W), got {tuple(images.shape)}")
+    if images.shape[0] == 0:
+        raise ValueError(f"{name} is an empty batch")
+    if not images.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor in [0, 1], got dtype {images.dtype}")
+    bad = ~torch.isfinite(images)
+    if bad.any():
+        idx = sorted({int(i) for i in bad.flatten(1).any(1).nonzero().flatten()})
+        raise ValueError(f"{name} contain NaN or inf values (batch indices {idx})")
+    lo, hi = float(images.min()), float(images.max())
+    if lo < -1e-6 or hi > 1 + 1e-6:
+        raise ValueError(f"{name} must lie in [0, 1] (pixels, not normalized), got range [{lo:.3g}, {hi:.3g}]")

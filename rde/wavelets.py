@@ -1,0 +1,55 @@
+"""Discrete wavelet transform settings and shapes (the transform itself is pytorch-wavelets')."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import pywt  # noqa: F401  (pytorch-wavelets depends on it; imported here to fail early with a clear name)
+import torch
+
+
+@dataclass(frozen=True)
+class WaveletConfig:
+    """DWT used by CartoonX. Paper defaults: Daubechies-3, J=5 levels, zero padding."""
+
+    wave: str = "db3"
+    levels: int = 5
+    mode: str = "zero"
+
+    def __post_init__(self) -> None:
+        if self.wave not in pywt.wavelist(kind="discrete"):
+            raise ValueError(f"unknown wavelet {self.wave!r}; use a discrete PyWavelets name such as 'db3' or 'haar'")
+        if not isinstance(self.levels, int) or self.levels < 1:
+            raise ValueError(f"wavelet levels must be a positive int, got {self.levels!r}")
+        if self.mode not in ("zero", "symmetric", "periodization", "reflect", "periodic"):
+            raise ValueError(f"unsupported padding mode {self.mode!r}")
+
+    def forward_transform(self) -> torch.nn.Module:
+        from pytorch_wavelets import DWTForward
+
+        return DWTForward(J=self.levels, wave=self.wave, mode=self.mode)
+
+    def inverse_transform(self) -> torch.nn.Module:
+        from pytorch_wavelets import DWTInverse
+
+        return DWTInverse(wave=self.wave, mode=self.mode)
+
+
+def min_image_size(cfg: WaveletConfig) -> int:
+    """Smallest side length for which every one of ``cfg.levels`` levels is meaningful (PyWavelets' rule)."""
+    filt = pywt.Wavelet(cfg.wave).dec_len
+    return (filt - 1) * 2 ** cfg.levels if filt > 1 else 2 ** cfg.levels
+
+
+@lru_cache(maxsize=64)
+def coefficient_shapes(height: int, width: int, cfg: WaveletConfig) -> tuple[tuple[int, int], tuple[tuple[int, int], ...]]:
+    """Spatial shapes ``(lowpass, [level 1 (finest) ... level J])`` of the DWT of an ``height x width`` image."""
+    if height < 2 ** cfg.levels or width < 2 ** cfg.levels:
+        raise ValueError(
+            f"image of {height}x{width} px is too small for a {cfg.levels}-level DWT: "
+            f"each side needs at least {2 ** cfg.levels} px"
+        )
+    with torch.no_grad():
+        yl, yh = cfg.forward_transform()(torch.zeros(1, 1, height, width))
+    return tuple(yl.shape[-2:]), tuple(tuple(y.shape[-2:]) for y in yh)
