@@ -129,12 +129,8 @@ class RDE:
                 d = distortion_fn(reference, logits, targets).sum(1) / cfg.num_samples
                 d.sum().backward()
                 distortion += d.detach()
-            sparsity = mask.mean(dim=1)
-            regularizer = cfg.lam * sparsity
-            spatial = torch.zeros(batch, device=device)
-            if cfg.spatial_weight > 0:
-                spatial = rep.decode(grey_coefficients * mask.unsqueeze(1)).abs().flatten(1).mean(1)
-                regularizer = regularizer + cfg.spatial_weight * spatial
+            sparsity, spatial = self._regularizers(rep, grey_coefficients, mask)
+            regularizer = cfg.lam * sparsity + cfg.spatial_weight * spatial
             regularizer.sum().backward()
             optimizer.step()
             with torch.no_grad():
@@ -185,7 +181,53 @@ class RDE:
             logits = self._classify_obfuscations(rep, coefficients, noise.sample(num_samples, gens), mask)
         return logits.softmax(-1).mean(1)
 
+    def objective(
+        self, images: Tensor, mask: Tensor, target: TargetSpec = None, num_samples: int | None = None, seed: SeedSpec = 0
+    ) -> dict[str, Tensor]:
+        """The RDE objective of ``mask`` on ``images``, differentiable w.r.t. ``mask`` (and nothing else).
+
+        Returns ``(B,)`` tensors ``loss``, ``distortion``, ``sparsity``, ``spatial`` and ``target_logprob``
+        (mean over samples of log p_target(obfuscation) minus log p_target(image), <= 0 when the class fades).
+        Used to train amortized initializers on the exact objective and to score predicted masks.
+        """
+        check_images(images)
+        cfg = self.config
+        batch = images.shape[0]
+        num_samples = cfg.num_samples if num_samples is None else num_samples
+        rep = self.representation(images.shape[2], images.shape[3], images.device)
+        rep.layout.check(mask)
+        gens = [torch.Generator(device=images.device).manual_seed(int(s)) for s in _per_image(seed, batch, "seed")]
+        with torch.no_grad():
+            reference_logits = self.classifier(images)
+            reference = reference_logits.softmax(-1)
+            targets = _resolve_targets(target, batch, reference.shape[-1], reference.argmax(-1))
+            coefficients = rep.encode(images)
+            grey_coefficients = rep.encode(greyscale(images))
+            samples = Obfuscation(cfg.obfuscation, coefficients, rep.layout).sample(num_samples, gens)
+        logits = self._classify_obfuscations(rep, coefficients, samples, mask)
+        distortion = get_distortion(cfg.distortion)(reference, logits, targets).mean(1)
+        sparsity, spatial = self._regularizers(rep, grey_coefficients, mask)
+        index = targets.view(batch, 1, 1).expand(batch, num_samples, 1)
+        logp = logits.log_softmax(-1).gather(-1, index).squeeze(-1).mean(1)
+        ref_logp = reference_logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
+        return {
+            "loss": distortion + cfg.lam * sparsity + cfg.spatial_weight * spatial,
+            "distortion": distortion,
+            "sparsity": sparsity,
+            "spatial": spatial,
+            "target_logprob": logp - ref_logp,
+        }
+
     # -- internals --------------------------------------------------------------------------------------
+    def _regularizers(self, rep: Representation, grey_coefficients: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        """``||s||_1 / k`` and WaveletX's spatial energy ``mean |f(s * h_grey)|`` (zero when its weight is 0)."""
+        sparsity = mask.abs().mean(dim=1)
+        if self.config.spatial_weight > 0:
+            spatial = rep.decode(grey_coefficients * mask.unsqueeze(1)).abs().flatten(1).mean(1)
+        else:
+            spatial = torch.zeros_like(sparsity)
+        return sparsity, spatial
+
     def render(self, rep: Representation, grey_coefficients: Tensor, mask: Tensor) -> Tensor:
         """The explanation image ``clamp(f(mask * h_grey), 0, 1)``: ``(B, 1, H, W)``."""
         return rep.decode(grey_coefficients * mask.unsqueeze(1)).clamp(0.0, 1.0)
