@@ -1,0 +1,109 @@
+"""Generate exact CartoonX mask targets for a set of images into WebDataset shards.
+
+INPUT is an ImageFolder tree (ROOT/<wnid>/*.JPEG), a flat directory of <wnid>_*.JPEG files, or a text
+file listing image paths. Every image is optimized with the exact CartoonX optimizer for its predicted
+class; each finished shard (masks-<config hash>-r<rank>-NNNNNN.tar.gz) appears atomically in OUT, with
+OUT/manifest.json summarizing config, shards, counts and failed images.
+
+Rerun the same command to resume: finished samples are skipped and partial shards of a killed run are
+discarded. A directory holding shards of a different configuration is refused.
+
+Several GPUs or nodes (each rank writes its own shards):
+  cartoonx generate DATA --out OUT --accelerator gpu --devices 8 [--num-nodes 2] --batch-size 32 --shard-size 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {value}")
+    return value
+
+
+def _devices(text: str) -> int | str:
+    return text if text == "auto" else _positive_int(text)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image directory or text list of image paths")
+    parser.add_argument("--out", type=Path, required=True, help="shard directory (created; rerun to resume)")
+    parser.add_argument(
+        "--model", "--classifier", dest="model", default="efficientnet_lite0",
+        help="classifier to explain (default: %(default)s)",
+    )
+    parser.add_argument("--preset", default="cpu", help="optimizer preset: cpu, paper, tiny or a YAML file (default: %(default)s)")
+    parser.add_argument("--steps", type=int, help="Adam steps (default: the preset's)")
+    parser.add_argument("--num-samples", type=_positive_int, help="noise samples L per step (default: the preset's)")
+    parser.add_argument("--lam", type=float, help="sparsity weight lambda (default: the preset's)")
+    parser.add_argument("--lr", type=float, help="Adam learning rate (default: the preset's)")
+    parser.add_argument("--image-size", type=_positive_int, help="image side in pixels (default: the preset's)")
+    parser.add_argument("--samples-per-call", type=_positive_int, help="cap on obfuscations per classifier call (memory)")
+    parser.add_argument("--seed", type=int, default=0, help="base noise seed; per image it is hashed with the key (default: 0)")
+    parser.add_argument("--batch-size", type=_positive_int, default=4, help="images optimized together (default: %(default)s)")
+    parser.add_argument("--shard-size", type=_positive_int, default=8, help="samples per shard (default: %(default)s)")
+    parser.add_argument("--no-compress", dest="compress", action="store_false", help="write .tar instead of .tar.gz")
+    parser.add_argument("--limit", type=_positive_int, help="only the first N images of the fixed hash order")
+    parser.add_argument("--split", choices=("all", "train", "val"), default="all", help="hash split to generate (default: all)")
+    parser.add_argument("--val-fraction", type=_fraction, default=1 / 8, help="validation fraction of the hash split (default: 1/8)")
+    parser.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu (default: auto)")
+    parser.add_argument("--devices", type=_devices, default=1, help="devices per node, or auto (default: 1)")
+    parser.add_argument("--num-nodes", type=_positive_int, default=1, help="nodes (default: 1)")
+    parser.add_argument("--num-workers", type=int, default=0, help="image-loading workers per rank (default: 0)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from amortized.generate import generate_targets
+
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    overrides = {
+        "steps": args.steps,
+        "num_samples": args.num_samples,
+        "lam": args.lam,
+        "lr": args.lr,
+        "image_size": args.image_size,
+        "samples_per_call": args.samples_per_call,
+    }
+    summary = generate_targets(
+        args.inputs,
+        args.out,
+        classifier=args.model,
+        preset=args.preset,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        compress=args.compress,
+        limit=args.limit,
+        split=args.split,
+        val_fraction=args.val_fraction,
+        accelerator=args.accelerator,
+        devices=args.devices,
+        num_nodes=args.num_nodes,
+        num_workers=args.num_workers,
+        show_progress=args.progress,
+        **overrides,
+    )
+    print(f"generate: {summary}", file=sys.stderr)
+    return 1 if summary.failed else 0

@@ -1,0 +1,166 @@
+"""Image lists for target generation: three input forms, canonical ImageNet labels, a hash split.
+
+Accepted sources (see :func:`list_images`):
+
+* an ImageFolder tree ``ROOT/<wnid>/*.JPEG``;
+* a flat directory of files named ``<wnid>_*.JPEG`` (like ``../shared/data/imagenet-sample``);
+* a text file with one image path per line (relative paths are relative to the list file; ``#`` comments).
+
+Labels come from the canonical 1000 wnids (:func:`rde.imagenet_class_index`), never from enumerating
+folders; an image without a known wnid gets label ``-1``. The train/val split is a pure function of the
+sample key (a hash), so it never depends on ordering, batching, or which other files are present.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Literal, Sequence
+
+from rde.classifiers import imagenet_classes
+
+IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
+DEFAULT_VAL_FRACTION = 1 / 8
+Split = Literal["all", "train", "val"]
+_WNID = re.compile(r"^n\d{8}$")
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One image to explain.
+
+    Attributes:
+        key: the sample key: the file stem with dots replaced by ``_`` (webdataset splits names at dots).
+        path: the image file.
+        source: the path as recorded in shard metadata (relative to the dataset root or list file).
+        wnid: the ImageNet wnid found in the path, or ``None``.
+        label: canonical ImageNet-1k class index of ``wnid``, or ``-1`` when unknown.
+    """
+
+    key: str
+    path: Path
+    source: str
+    wnid: str | None
+    label: int
+
+
+def sample_key(path: str | Path) -> str:
+    """The sample key of an image file: its stem with ``.`` replaced by ``_`` (``a.b.JPEG`` -> ``a_b``)."""
+    return Path(path).stem.replace(".", "_")
+
+
+def wnid_of(path: str | Path) -> str | None:
+    """The wnid of an image: its parent folder (``<wnid>/x.JPEG``) or file-name prefix (``<wnid>_x.JPEG``)."""
+    path = Path(path)
+    if _WNID.match(path.parent.name):
+        return path.parent.name
+    prefix = path.name.split("_", 1)[0]
+    return prefix if _WNID.match(prefix) else None
+
+
+def label_of(wnid: str | None) -> int:
+    """Canonical ImageNet-1k index of ``wnid``; ``-1`` for ``None`` or a wnid outside the 1000 classes."""
+    if wnid is None:
+        return -1
+    return _wnid_index().get(wnid, -1)
+
+
+def _wnid_index() -> dict[str, int]:
+    global _INDEX
+    if _INDEX is None:
+        _INDEX = {w: i for i, (w, _) in enumerate(imagenet_classes())}
+    return _INDEX
+
+
+_INDEX: dict[str, int] | None = None
+
+
+def key_fraction(key: str, salt: str = "") -> float:
+    """A uniform number in [0, 1) from the SHA-1 of ``salt + key``: the basis of splits and orderings."""
+    digest = hashlib.sha1(f"{salt}{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def split_of(key: str, val_fraction: float = DEFAULT_VAL_FRACTION) -> Literal["train", "val"]:
+    """``"val"`` for a fraction ``val_fraction`` of keys chosen by hash, else ``"train"``."""
+    return "val" if key_fraction(key) < val_fraction else "train"
+
+
+def in_split(key: str, split: Split, val_fraction: float = DEFAULT_VAL_FRACTION) -> bool:
+    _check_split(split, val_fraction)
+    return split == "all" or split_of(key, val_fraction) == split
+
+
+def key_seed(key: str, base_seed: int = 0) -> int:
+    """A per-image noise seed from the key and a base seed, so targets don't depend on batching or order."""
+    digest = hashlib.sha256(f"{base_seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % 2**63
+
+
+def list_images(
+    source: str | Path | Sequence[str | Path],
+    split: Split = "all",
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+) -> list[ImageItem]:
+    """The images of a directory (ImageFolder or flat), a text list, or several of those, sorted by key.
+
+    Raises:
+        FileNotFoundError: a source does not exist, or a listed image is missing.
+        ValueError: no images found, or two files map to the same key.
+    """
+    _check_split(split, val_fraction)
+    sources = [source] if isinstance(source, (str, Path)) else list(source)
+    items: dict[str, ImageItem] = {}
+    for src in sources:
+        for item in _items_of(Path(src)):
+            if item.key in items:
+                raise ValueError(
+                    f"two images have the same sample key {item.key!r}: {items[item.key].path} and {item.path}; "
+                    "rename one (keys are file stems with dots replaced)"
+                )
+            items[item.key] = item
+    if not items:
+        raise ValueError(f"no images found in {', '.join(str(s) for s in sources)}")
+    return [items[k] for k in sorted(items) if in_split(k, split, val_fraction)]
+
+
+def _items_of(src: Path) -> Iterable[ImageItem]:
+    if not src.exists():
+        raise FileNotFoundError(f"{src}: no such file or directory")
+    if src.is_dir():
+        files = sorted(
+            p
+            for p in src.rglob("*")
+            if p.suffix.lower() in IMAGE_SUFFIXES
+            and not any(part.startswith(".") for part in p.relative_to(src).parts)
+            and p.is_file()
+        )
+        for p in files:
+            yield _item(p, p.relative_to(src).as_posix())
+        return
+    if src.suffix.lower() in IMAGE_SUFFIXES:
+        yield _item(src, src.name)
+        return
+    for lineno, line in enumerate(src.read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        p = Path(line)
+        path = p if p.is_absolute() else src.parent / p
+        if not path.is_file():
+            raise FileNotFoundError(f"{src}:{lineno}: listed image {line!r} not found ({path})")
+        yield _item(path, line)
+
+
+def _item(path: Path, source: str) -> ImageItem:
+    wnid = wnid_of(path)
+    return ImageItem(key=sample_key(path), path=path, source=source, wnid=wnid, label=label_of(wnid))
+
+
+def _check_split(split: str, val_fraction: float) -> None:
+    if split not in ("all", "train", "val"):
+        raise ValueError(f"split must be 'all', 'train' or 'val', got {split!r}")
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")

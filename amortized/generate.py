@@ -1,0 +1,493 @@
+"""Offline target generation: exact CartoonX masks for a list of images, written to WebDataset shards.
+
+Runs Lightning's predict loop: :class:`TargetGenerator` optimizes a batch of masks in ``predict_step``
+and :class:`ShardPredictionWriter` writes them, one shard series per rank, so N devices or nodes write
+disjoint shards. One CPU process is the same path with ``devices=1``.
+
+Resuming is rerunning: keys found in finished shards are skipped, new shards are numbered on, and
+``*.tmp`` shards left by a killed run are deleted. A directory holding shards of another configuration
+is refused. Each image's noise seed is a hash of its key and the base seed, so targets don't depend on
+batch size, ordering, or the number of devices.
+
+Multi-device example (each rank writes ``masks-<hash>-r<rank>-*.tar.gz``)::
+
+    cartoonx generate /data/imagenet/train --out shards/ --accelerator gpu --devices 8 --num-nodes 2 \\
+        --batch-size 32 --shard-size 1000 --num-workers 4
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+import rde
+from amortized import shards as S
+from amortized.datasets import ImageItem, key_fraction, key_seed, list_images
+from rde import CartoonX, MaskLayout, RDEConfig, create_classifier, load_preset
+from rde.classifiers import Classifier
+from rde.io import load_image, preprocess
+
+METHOD = "cartoonx"
+INIT = "ones"
+TARGET = "predicted"
+LOCK_NAME = ".generate.lock"
+
+
+# -- configuration ----------------------------------------------------------------------------------------
+def target_config(classifier: str, preset: RDEConfig, seed: int) -> dict[str, Any]:
+    """Everything that determines the targets (hashed into shard names). ``samples_per_call`` is left out:
+    it changes memory use, not the result; the preset's name is left out: it is only a label."""
+    params = preset.to_dict()
+    params.pop("name", None)
+    params.pop("samples_per_call", None)
+    layout = MaskLayout.for_wavelet(preset.image_size, preset.image_size, preset.wavelet)
+    return {
+        "format_version": S.FORMAT_VERSION,
+        "method": METHOD,
+        "classifier": classifier,
+        "preset": params,
+        "init": INIT,
+        "target": TARGET,
+        "seed": int(seed),
+        "layout": layout.signature,
+        "num_entries": layout.num_entries,
+    }
+
+
+@dataclass
+class GenerateSummary:
+    """What a generation run did on this rank (all ranks' results are in the manifest)."""
+
+    out_dir: Path
+    config_hash: str
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    shards: list[Path] = dataclasses.field(default_factory=list)
+
+    @property
+    def images_per_hour(self) -> float:
+        return 3600.0 * self.done / self.seconds if self.seconds > 0 else 0.0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.done} done, {self.skipped} skipped (already in shards), {self.failed} failed, "
+            f"{_hours(self.seconds)}, {self.images_per_hour:.1f} images/hour; "
+            f"{len(self.shards)} new shard(s) in {self.out_dir} (config {self.config_hash})"
+        )
+
+
+def _hours(seconds: float) -> str:
+    return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+# -- output directory ----------------------------------------------------------------------------------
+def prepare_output_dir(out_dir: Path, config: dict[str, Any], chash: str) -> set[str]:
+    """Check and tidy ``out_dir`` before a run; returns the keys already in finished shards.
+
+    Raises:
+        ConfigMismatchError: finished shards of another configuration are present.
+        CorruptShardError: a finished shard is unreadable or incomplete (the message names it).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    others = sorted({n.config_hash for n in map(S.parse_shard_name, S.list_shards(out_dir)) if n.config_hash != chash})
+    if others:
+        manifest = S.read_manifest(out_dir) or {}
+        old = manifest.get("config") if manifest.get("config_hash") in others else None
+        diff = "; ".join(S.config_diff(old, config)) if old else "see its manifest.json"
+        raise S.ConfigMismatchError(
+            f"{out_dir} already holds shards of another configuration (config hash {', '.join(others)}, "
+            f"this run {chash}): {diff}. Use another --out directory, or rerun with the original settings."
+        )
+    removed = S.remove_partial_shards(out_dir)
+    if removed:
+        tqdm.write(f"removed {len(removed)} partial shard(s) left by an interrupted run", file=sys.stderr)
+    done: set[str] = set()
+    for path in S.list_shards(out_dir, chash):
+        keys = S.cached_shard_keys(path)
+        dup = done.intersection(keys)
+        if dup:
+            raise S.CorruptShardError(f"{path}: keys {sorted(dup)[:3]} also occur in another shard; remove one of them")
+        done.update(keys)
+    write_manifest(out_dir, config, chash)
+    return done
+
+
+def failure_log(out_dir: Path, rank: int) -> Path:
+    return out_dir / f"failed-r{rank}.jsonl"
+
+
+def load_failures(out_dir: Path, chash: str, done: set[str] | None = None) -> list[dict[str, Any]]:
+    """Failed images of this configuration (latest record per key), minus keys that have since succeeded."""
+    records: dict[str, dict[str, Any]] = {}
+    for log in sorted(out_dir.glob("failed-r*.jsonl")):
+        for line in log.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by a kill
+            if rec.get("config_hash") == chash:
+                records[rec["key"]] = rec
+    done = done or set()
+    return [records[k] for k in sorted(records) if k not in done]
+
+
+def write_manifest(out_dir: Path, config: dict[str, Any], chash: str) -> dict[str, Any]:
+    """Rewrite ``manifest.json`` from the finished shards and the failure logs (atomically)."""
+    done = {k for p in S.list_shards(out_dir, chash) for k in S.cached_shard_keys(p)}
+    manifest = S.build_manifest(out_dir, config, chash, failed=load_failures(out_dir, chash, done))
+    manifest["version"] = rde.__version__
+    S.write_json_atomic(out_dir / S.MANIFEST, manifest)
+    return manifest
+
+
+class _DirLock:
+    """An exclusive ``flock`` on ``DIR/.generate.lock`` so two runs never write into one directory."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = out_dir / LOCK_NAME
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            raise ValueError(f"another `cartoonx generate` is writing to {out_dir} (lock {self.path})") from None
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            self.path.unlink(missing_ok=True)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = -1
+
+
+# -- data ------------------------------------------------------------------------------------------------
+class ImageListDataset(Dataset):
+    """Loads and preprocesses images; a bad file yields ``image=None`` and the error instead of raising."""
+
+    def __init__(self, items: Sequence[ImageItem], image_size: int) -> None:
+        self.items = list(items)
+        self.image_size = image_size
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.items[index]
+        try:
+            image, error = preprocess(load_image(item.path), self.image_size), None
+        except (ValueError, OSError) as e:
+            image, error = None, str(e)
+        return {"item": item, "image": image, "error": error}
+
+
+def collate_items(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    good = [b for b in batch if b["image"] is not None]
+    return {
+        "items": [b["item"] for b in good],
+        "images": torch.stack([b["image"] for b in good]) if good else None,
+        "failed": [_failure(b["item"], b["error"]) for b in batch if b["image"] is None],
+    }
+
+
+def _failure(item: ImageItem, error: str) -> dict[str, Any]:
+    return {"key": item.key, "source": item.source, "error": error}
+
+
+class GenerateDataModule(L.LightningDataModule):
+    """The images still to explain, split across ranks without overlap.
+
+    In ``setup`` rank 0 locks and checks the output directory and finds the finished keys; the pending
+    list is broadcast so that every rank splits the same list (``pending[rank::world_size]``).
+    """
+
+    def __init__(
+        self,
+        items: Sequence[ImageItem],
+        out_dir: Path,
+        config: dict[str, Any],
+        chash: str,
+        batch_size: int = 4,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.items = list(items)
+        self.out_dir = Path(out_dir)
+        self.config = config
+        self.chash = chash
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.skipped = 0
+        self.total_pending = 0
+        self.rank_items: list[ImageItem] = []
+        self._lock: _DirLock | None = None
+
+    def setup(self, stage: str) -> None:
+        trainer = self.trainer
+        state = None
+        if trainer.global_rank == 0:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            self._lock = _DirLock(self.out_dir)
+            done = prepare_output_dir(self.out_dir, self.config, self.chash)
+            pending = [i for i in self.items if i.key not in done]
+            state = (len(self.items) - len(pending), pending)
+        self.skipped, pending = trainer.strategy.broadcast(state, src=0)
+        self.total_pending = len(pending)
+        self.rank_items = pending[trainer.global_rank :: trainer.world_size]
+
+    def predict_dataloader(self) -> DataLoader:
+        dataset = ImageListDataset(self.rank_items, self.config["preset"]["image_size"])
+        return DataLoader(
+            dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers, collate_fn=collate_items
+        )
+
+    def transfer_batch_to_device(self, batch: dict[str, Any], device: torch.device, dataloader_idx: int) -> dict[str, Any]:
+        images = batch["images"]  # the rest (ImageItem records, failures) stays on the host
+        return {**batch, "images": None if images is None else images.to(device)}
+
+    def teardown(self, stage: str) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+
+# -- the optimizer in predict_step ------------------------------------------------------------------------
+class TargetGenerator(L.LightningModule):
+    """``predict_step`` runs the exact CartoonX optimizer on a batch and returns finished samples."""
+
+    def __init__(self, classifier: Classifier, preset: RDEConfig, seed: int, config: dict[str, Any], chash: str):
+        super().__init__()
+        self.classifier = classifier
+        self.explainer = CartoonX(classifier, preset)
+        self.preset = preset
+        self.seed = seed
+        self.config = config
+        self.chash = chash
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        out = {"samples": [], "failed": list(batch["failed"])}
+        if batch["images"] is not None:
+            with torch.enable_grad():
+                self._explain(batch["items"], batch["images"], out)
+        return out
+
+    def _explain(self, items: list[ImageItem], images: torch.Tensor, out: dict[str, Any]) -> None:
+        seeds = [key_seed(i.key, self.seed) for i in items]
+        try:
+            ex = self.explainer.explain(images, target=None, init=INIT, seed=seeds)
+        except Exception as e:  # one bad image must not cost the batch: retry one by one
+            if len(items) == 1:
+                out["failed"].append(_failure(items[0], f"{type(e).__name__}: {e}"))
+                return
+            for j, item in enumerate(items):
+                self._explain([item], images[j : j + 1], out)
+            return
+        out["samples"] += [self._sample(ex, j, item, seeds[j]) for j, item in enumerate(items)]
+
+    def _sample(self, ex: rde.Explanation, j: int, item: ImageItem, seed: int) -> dict[str, Any]:
+        image = (ex.images[j] * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        curves = np.stack([ex.history[name][j].numpy() for name in S.CURVE_NAMES])
+        final = {name: float(curves[r, -1]) if curves.shape[1] else None for r, name in enumerate(S.CURVE_NAMES)}
+        target = int(ex.targets[j])
+        meta = {
+            "key": item.key,
+            "source": item.source,
+            "wnid": item.wnid,
+            "label": item.label,
+            "target": target,
+            "target_name": self.classifier.class_name(target),
+            "target_prob": float(ex.target_probs[j]),
+            "predicted": int(ex.predicted[j]),
+            "predicted_prob": float(ex.target_probs[j]),  # the target is the predicted class
+            "classifier": self.classifier.name,
+            "method": METHOD,
+            "preset": self.preset.to_dict(),
+            "init": INIT,
+            "seed": seed,
+            "base_seed": self.seed,
+            "wavelet": dataclasses.asdict(self.preset.wavelet),
+            "image_size": self.preset.image_size,
+            "layout": ex.layout.signature,
+            "num_entries": ex.layout.num_entries,
+            "config_hash": self.chash,
+            "steps": int(curves.shape[1]),
+            "final": final,
+            "curve_names": list(S.CURVE_NAMES),
+            "version": rde.__version__,
+        }
+        mask = ex.mask[j].cpu().numpy()
+        return S.make_sample(item.key, image, mask, curves, item.label, meta)
+
+
+# -- writing shards ------------------------------------------------------------------------------------
+class ShardPredictionWriter(BasePredictionWriter):
+    """Writes each rank's samples into its own atomic shard series and keeps the manifest up to date."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        config: dict[str, Any],
+        chash: str,
+        shard_size: int = 8,
+        compress: bool = True,
+        show_progress: bool = True,
+    ) -> None:
+        super().__init__(write_interval="batch")
+        self.out_dir = Path(out_dir)
+        self.config = config
+        self.chash = chash
+        self.shard_size = shard_size
+        self.compress = compress
+        self.show_progress = show_progress
+        self.summary = GenerateSummary(self.out_dir, chash)
+        self._writer: S.AtomicShardWriter | None = None
+        self._bar: tqdm | None = None
+        self._start = 0.0
+        self._rank = 0
+
+    def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._rank = trainer.global_rank
+        dm = trainer.datamodule
+        self.summary.skipped = dm.skipped
+        self._writer = S.AtomicShardWriter(
+            S.shard_pattern(self.out_dir, self.chash, self._rank, self.compress),
+            self.shard_size,
+            start_shard=S.next_shard_index(self.out_dir, self.chash, self._rank),
+            on_shard=self._on_shard,
+        )
+        if self.show_progress and self._rank == 0:
+            desc = f"generate r0/{trainer.world_size}" if trainer.world_size > 1 else "generate"
+            self._bar = tqdm(total=len(dm.rank_items), desc=desc, unit="img", dynamic_ncols=True, file=sys.stderr)
+            if dm.skipped:
+                self._bar.write(f"resuming: {dm.skipped} image(s) already in shards, {dm.total_pending} to go")
+        self._start = time.perf_counter()
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        for sample in prediction["samples"]:
+            self._writer.write(sample)
+        if prediction["failed"]:
+            with open(failure_log(self.out_dir, self._rank), "a") as f:
+                for rec in prediction["failed"]:
+                    f.write(json.dumps({**rec, "config_hash": self.chash}) + "\n")
+                    tqdm.write(f"skipped {rec['source']}: {rec['error']}", file=sys.stderr)
+        self.summary.done += len(prediction["samples"])
+        self.summary.failed += len(prediction["failed"])
+        if self._bar is not None:
+            self._bar.update(len(prediction["samples"]) + len(prediction["failed"]))
+            elapsed = time.perf_counter() - self._start
+            rate = 3600.0 * self.summary.done / elapsed if elapsed > 0 else 0.0
+            left = self._bar.total - self._bar.n
+            eta = _hours(3600.0 * left / rate) if rate > 0 else "?"
+            per = "/rank" if trainer.world_size > 1 else ""
+            self._bar.set_postfix_str(f"{rate:.1f} img/h{per}, ETA {eta}, failed {self.summary.failed}")
+
+    def _on_shard(self, path: Path, keys: list[str]) -> None:
+        self.summary.shards.append(path)
+        write_manifest(self.out_dir, self.config, self.chash)
+
+    def _close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # No collectives here: a rank with nothing to do skips the predict hooks entirely. Every rank
+        # rewrites the manifest when done, so the last one to finish leaves a complete manifest.
+        self._close()
+        self.summary.seconds = time.perf_counter() - self._start
+        write_manifest(self.out_dir, self.config, self.chash)
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+        self._close()  # samples already written are complete: keep them in a finished shard
+
+
+# -- entry point -----------------------------------------------------------------------------------------
+def generate_targets(
+    source: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    classifier: str = "efficientnet_lite0",
+    preset: str | RDEConfig = "cpu",
+    seed: int = 0,
+    batch_size: int = 4,
+    shard_size: int = 8,
+    compress: bool = True,
+    limit: int | None = None,
+    split: str = "all",
+    val_fraction: float = 1 / 8,
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    num_workers: int = 0,
+    show_progress: bool = True,
+    **preset_overrides: Any,
+) -> GenerateSummary:
+    """Explain every image of ``source`` with exact CartoonX and write the masks to shards in ``out_dir``.
+
+    Args:
+        source: image directory (ImageFolder or flat ``<wnid>_*.JPEG``), text list of paths, or several.
+        out_dir: shard directory; rerunning with the same arguments resumes.
+        classifier: classifier name (see :func:`rde.create_classifier`). Default: ``efficientnet_lite0``.
+        preset: optimizer preset or :class:`RDEConfig`; ``preset_overrides`` change fields (``steps=5``).
+        seed: base noise seed; each image uses :func:`~amortized.datasets.key_seed` ``(key, seed)``.
+        batch_size: images optimized together (B); memory and speed only, results don't change.
+        shard_size: samples per shard; a kill loses at most one shard's worth of work per rank.
+        compress: write ``.tar.gz`` shards (masks compress well; readers handle both).
+        limit: only the first ``limit`` images in the fixed hash order (a reproducible subset).
+        split / val_fraction: restrict to the hash split's ``train`` or ``val`` part. Default: all.
+        accelerator, devices, num_nodes, strategy: passed to :class:`lightning.Trainer`.
+        num_workers: image-loading worker processes per rank.
+        show_progress: progress bar with images/hour and ETA on rank 0.
+
+    Returns:
+        A :class:`GenerateSummary` of this process's rank.
+    """
+    cfg = load_preset(preset).replace(**preset_overrides)
+    if batch_size < 1:
+        raise ValueError(f"batch size must be positive, got {batch_size}")
+    items = list_images(source, split=split, val_fraction=val_fraction)
+    items.sort(key=lambda i: key_fraction(i.key, salt="order:"))  # a class-mixed order: partial runs stay useful
+    if limit is not None:
+        items = items[:limit]
+    out_dir = Path(out_dir)
+    clf = create_classifier(classifier)
+    config = target_config(clf.name, cfg, seed)
+    chash = S.config_hash(config)
+    module = TargetGenerator(clf, cfg, seed, config, chash)
+    data = GenerateDataModule(items, out_dir, config, chash, batch_size=batch_size, num_workers=num_workers)
+    writer = ShardPredictionWriter(out_dir, config, chash, shard_size, compress, show_progress)
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=strategy,
+        inference_mode=False,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        callbacks=[writer],
+        default_root_dir=out_dir,
+    )
+    trainer.predict(module, datamodule=data, return_predictions=False)
+    writer.summary.skipped = data.skipped  # also when nothing was left to do (the predict hooks are skipped)
+    return writer.summary

@@ -1,0 +1,361 @@
+"""The mask-target shard format: writer and reader side by side (no Lightning here).
+
+A shard directory holds WebDataset tar shards named ``masks-<config hash>-r<rank>-<index>.tar[.gz]`` and a
+``manifest.json``. One sample per explained image::
+
+    __key__      image stem, dots replaced ("n01440764_tench")
+    png          the preprocessed image, lossless (uint8, H x W x 3)
+    mask.npy     the final CartoonX mask, float16, flat (k,) in MaskLayout order
+    curves.npy   per-step curves, float32 (3, N): rows loss, distortion, sparsity (CURVE_NAMES)
+    cls          the image's true ImageNet class index (-1 when unknown)
+    meta.json    wnid, target/predicted class and probabilities, classifier, full preset, seed, layout,
+                 config hash, final loss/distortion/sparsity, steps, package version
+
+Shards are written as ``<name>.tmp`` and renamed when complete, so a finished name always means a
+complete shard; a killed run loses only the shard it had open. Every sample carries all fields.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+FORMAT = "fastcartoonx-masks"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+FIELDS = ("cls", "curves.npy", "mask.npy", "meta.json", "png")
+CURVE_NAMES = ("loss", "distortion", "sparsity")
+MTIME = 1_700_000_000  # pinned member mtime: identical samples give identical tar bytes
+_SHARD_RE = re.compile(r"^masks-(?P<hash>[0-9a-f]+)-r(?P<rank>\d+)-(?P<index>\d{6})\.tar(?P<gz>\.gz)?$")
+_TMP_RE = re.compile(r"^masks-[0-9a-f]+-r\d+-\d{6}\.tar(\.gz)?\.tmp$")
+
+
+class CorruptShardError(ValueError):
+    """A shard that cannot be read completely; the message names the file."""
+
+
+class ConfigMismatchError(ValueError):
+    """A shard directory holding targets made with a different configuration."""
+
+
+# -- configuration --------------------------------------------------------------------------------------
+def config_hash(config: dict[str, Any]) -> str:
+    """Short stable hash of a JSON-serializable target configuration (10 hex digits)."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha1(text.encode()).hexdigest()[:10]
+
+
+def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences ``"preset.steps: 10 -> 300"`` between two nested configurations."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<missing>"), new.get(key, "<missing>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_diff(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+# -- names ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ShardName:
+    path: Path
+    config_hash: str
+    rank: int
+    index: int
+
+
+def parse_shard_name(path: str | Path) -> ShardName | None:
+    """Parse a finished shard's file name; ``None`` if it is not one."""
+    path = Path(path)
+    m = _SHARD_RE.match(path.name)
+    if m is None:
+        return None
+    return ShardName(path, m["hash"], int(m["rank"]), int(m["index"]))
+
+
+def shard_pattern(out_dir: str | Path, chash: str, rank: int, compress: bool = True) -> str:
+    """``ShardWriter`` pattern of finished names for one rank, e.g. ``DIR/masks-<hash>-r0-%06d.tar.gz``."""
+    return str(Path(out_dir) / f"masks-{chash}-r{rank}-%06d.tar{'.gz' if compress else ''}")
+
+
+def list_shards(shard_dir: str | Path, chash: str | None = None) -> list[Path]:
+    """Finished shards in a directory (optionally of one config hash), sorted by name."""
+    shard_dir = Path(shard_dir)
+    if not shard_dir.is_dir():
+        raise FileNotFoundError(f"{shard_dir}: no such shard directory")
+    names = (parse_shard_name(p) for p in shard_dir.iterdir())
+    return sorted(n.path for n in names if n is not None and (chash is None or n.config_hash == chash))
+
+
+def next_shard_index(shard_dir: str | Path, chash: str, rank: int) -> int:
+    """The index a new shard of (hash, rank) gets: one past the largest finished one."""
+    names = [parse_shard_name(p) for p in list_shards(shard_dir, chash)]
+    return 1 + max((n.index for n in names if n and n.rank == rank), default=-1)
+
+
+def remove_partial_shards(shard_dir: str | Path) -> list[Path]:
+    """Delete ``*.tmp`` shards left by killed runs; returns what was removed."""
+    removed = []
+    for p in Path(shard_dir).iterdir():
+        if _TMP_RE.match(p.name):
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                removed.append(p)
+    return removed
+
+
+# -- writing -------------------------------------------------------------------------------------------
+def make_sample(
+    key: str,
+    image: np.ndarray,
+    mask: np.ndarray,
+    curves: np.ndarray,
+    label: int,
+    meta: dict[str, Any],
+) -> dict[str, Any]:
+    """A sample dict for :class:`AtomicShardWriter` (webdataset encodes each field by its extension).
+
+    Args:
+        key: sample key without dots.
+        image: ``(H, W, 3)`` uint8.
+        mask: ``(k,)`` in [0, 1]; stored as float16.
+        curves: ``(3, N)`` rows :data:`CURVE_NAMES`; stored as float32.
+        label: true class index, -1 when unknown.
+        meta: JSON-serializable metadata.
+    """
+    if "." in key or not key:
+        raise ValueError(f"sample key {key!r} must be non-empty and contain no dots")
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"{key}: image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    if mask.ndim != 1:
+        raise ValueError(f"{key}: mask must be flat (k,), got shape {mask.shape}")
+    if curves.ndim != 2 or curves.shape[0] != len(CURVE_NAMES):
+        raise ValueError(f"{key}: curves must be ({len(CURVE_NAMES)}, N), got shape {curves.shape}")
+    return {
+        "__key__": key,
+        "png": image,
+        "mask.npy": mask.astype(np.float16),
+        "curves.npy": curves.astype(np.float32),
+        "cls": int(label),
+        "meta.json": meta,
+    }
+
+
+class AtomicShardWriter:
+    """A ``webdataset.ShardWriter`` whose shards appear under their final name only when complete.
+
+    Writes ``pattern % index + ".tmp"``, and on closing a shard flushes it to disk and renames it. No
+    file is created until the first sample arrives, so no empty shards. ``on_shard(path, keys)`` is
+    called after each rename.
+
+    Args:
+        pattern: finished-name pattern from :func:`shard_pattern`.
+        maxcount: samples per shard.
+        start_shard: index of the first shard (see :func:`next_shard_index`).
+        on_shard: optional callback after each finished shard.
+    """
+
+    def __init__(
+        self,
+        pattern: str,
+        maxcount: int,
+        start_shard: int = 0,
+        on_shard: Callable[[Path, list[str]], None] | None = None,
+    ) -> None:
+        if maxcount < 1:
+            raise ValueError(f"shard size must be a positive number of samples, got {maxcount}")
+        self.pattern = pattern
+        self.maxcount = maxcount
+        self.start_shard = start_shard
+        self.on_shard = on_shard
+        self.compress = pattern.endswith(".gz")
+        self.finished: list[Path] = []
+        self._writer = None
+        self._keys: list[str] = []
+
+    def write(self, sample: dict[str, Any]) -> None:
+        import webdataset as wds
+
+        if self._writer is None:
+            self._writer = wds.ShardWriter(
+                self.pattern + ".tmp",
+                maxcount=self.maxcount,
+                start_shard=self.start_shard + len(self.finished),
+                post=self._post,
+                verbose=0,
+                compress=self.compress,
+                mtime=MTIME,
+            )
+        self._writer.write(sample)  # may first close the full shard (calling _post)
+        self._keys.append(sample["__key__"])
+
+    def _post(self, tmp_name: str) -> None:
+        tmp = Path(tmp_name)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        final = tmp.with_name(tmp.name.removesuffix(".tmp"))
+        os.replace(tmp, final)
+        self.finished.append(final)
+        keys, self._keys = self._keys, []
+        if self.on_shard is not None:
+            self.on_shard(final, keys)
+
+    def close(self) -> None:
+        """Finish the open shard (if any) and rename it into place."""
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            writer.close()
+
+    def __enter__(self) -> AtomicShardWriter:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+# -- reading: integrity ----------------------------------------------------------------------------------
+def _tar_bytes(path: Path) -> bytes:
+    """The uncompressed tar bytes of a shard; raises :class:`CorruptShardError` naming it."""
+    try:
+        data = path.read_bytes()
+        return gzip.decompress(data) if path.name.endswith(".gz") else data
+    except (OSError, EOFError, gzip.BadGzipFile) as e:
+        raise CorruptShardError(f"{path}: corrupt or truncated shard ({e}); delete it and rerun generate") from None
+
+
+def _members(path: Path) -> Iterator[tuple[str, str, bytes]]:
+    """``(key, field, data)`` for each member of a shard, checking it is complete."""
+    data = _tar_bytes(path)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
+            for m in tf:
+                if m.offset_data + m.size > len(data):
+                    raise CorruptShardError(f"{path}: truncated inside member {m.name}; delete it and rerun generate")
+                key, _, field = m.name.partition(".")
+                f = tf.extractfile(m)
+                yield key, field, f.read() if f is not None else b""
+    except tarfile.TarError as e:
+        raise CorruptShardError(f"{path}: corrupt or truncated shard ({e}); delete it and rerun generate") from None
+
+
+def shard_keys(path: str | Path) -> list[str]:
+    """Keys of a finished shard, in order, after checking that every sample has every field.
+
+    Raises:
+        CorruptShardError: unreadable/truncated file, a sample missing fields, or a duplicate key.
+    """
+    path = Path(path)
+    fields: dict[str, set[str]] = {}
+    for key, field, _ in _members(path):
+        fields.setdefault(key, set()).add(field)
+    for key, have in fields.items():
+        missing = set(FIELDS) - have
+        if missing:
+            raise CorruptShardError(f"{path}: sample {key!r} lacks {sorted(missing)}; delete the shard and rerun generate")
+    return list(fields)
+
+
+def read_samples(path: str | Path) -> Iterator[dict[str, Any]]:
+    """Decode every sample of one shard (for checks and tests): key, image, mask, curves, label, meta."""
+    path = Path(path)
+    current: dict[str, bytes] = {}
+    key = None
+    for k, field, data in _members(path):
+        if key is not None and k != key:
+            yield _decode(path, key, current)
+            current = {}
+        key = k
+        if field in current:
+            raise CorruptShardError(f"{path}: duplicate member {k}.{field}")
+        current[field] = data
+    if key is not None:
+        yield _decode(path, key, current)
+
+
+def _decode(path: Path, key: str, raw: dict[str, bytes]) -> dict[str, Any]:
+    from PIL import Image
+
+    missing = set(FIELDS) - set(raw)
+    if missing:
+        raise CorruptShardError(f"{path}: sample {key!r} lacks {sorted(missing)}")
+    try:
+        with Image.open(io.BytesIO(raw["png"])) as img:
+            image = np.asarray(img.convert("RGB"))
+        return {
+            "key": key,
+            "image": image,
+            "mask": np.load(io.BytesIO(raw["mask.npy"]), allow_pickle=False),
+            "curves": np.load(io.BytesIO(raw["curves.npy"]), allow_pickle=False),
+            "label": int(raw["cls"].decode("ascii")),
+            "meta": json.loads(raw["meta.json"]),
+        }
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise CorruptShardError(f"{path}: sample {key!r} cannot be decoded ({e})") from None
+
+
+# -- manifest --------------------------------------------------------------------------------------------
+def read_manifest(shard_dir: str | Path) -> dict[str, Any] | None:
+    path = Path(shard_dir) / MANIFEST
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+_KEY_CACHE: dict[tuple[str, int, int], tuple[str, ...]] = {}
+
+
+def cached_shard_keys(path: Path) -> tuple[str, ...]:
+    """:func:`shard_keys`, cached by (path, size, mtime) within this process."""
+    st = path.stat()
+    sig = (str(path), st.st_size, st.st_mtime_ns)
+    if sig not in _KEY_CACHE:
+        _KEY_CACHE[sig] = tuple(shard_keys(path))
+    return _KEY_CACHE[sig]
+
+
+def build_manifest(
+    shard_dir: str | Path, config: dict[str, Any], chash: str, failed: list[dict[str, Any]] | None = None
+) -> dict[str, Any]:
+    """The manifest of a shard directory: config, hash, finished shards with counts, failed images."""
+    shards = []
+    for p in list_shards(shard_dir, chash):
+        n = parse_shard_name(p)
+        shards.append({"name": p.name, "rank": n.rank, "index": n.index, "count": len(cached_shard_keys(p))})
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config_hash": chash,
+        "config": config,
+        "fields": list(FIELDS),
+        "curve_names": list(CURVE_NAMES),
+        "num_shards": len(shards),
+        "num_samples": sum(s["count"] for s in shards),
+        "shards": shards,
+        "num_failed": len(failed or []),
+        "failed": failed or [],
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
