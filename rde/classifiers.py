@@ -68,6 +68,7 @@ class Classifier(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
         self.name = name
         self.class_names = list(class_names) if class_names is not None else [n for _, n in imagenet_classes()]
+        self.eval()
 
     def forward(self, images: Tensor) -> Tensor:
         return self.model((images - self.mean) / self.std)

@@ -8,7 +8,8 @@ updates it would get alone. The only coupling between images is floating-point b
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Sequence
+import numbers
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -260,7 +261,7 @@ class CartoonX(RDE):
         >>> images = torch.rand(2, 3, 128, 128)            # (B, 3, H, W) in [0, 1]
         >>> res = CartoonX(clf, preset="cpu").explain(images, steps=300)
         >>> res.mask.shape, res.explanation.shape, res.history["loss"].shape
-        (torch.Size([2, 21264]), torch.Size([2, 1, 128, 128]), torch.Size([2, 300]))
+        (torch.Size([2, 18631]), torch.Size([2, 1, 128, 128]), torch.Size([2, 300]))
     """
 
     representation_kind = "wavelet"
@@ -276,13 +277,24 @@ class PixelRDE(RDE):
 
 def _per_image(value: int | Sequence[int], batch: int, name: str) -> list[int]:
     if isinstance(value, Tensor):
+        if value.is_floating_point() or value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"{name} tensor must hold integers, got dtype {value.dtype}")
         value = value.tolist()
-    if isinstance(value, int) and not isinstance(value, bool):
+    if _is_int(value):
         return [value] * batch
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise TypeError(f"{name} must be an int or a sequence of ints, got {type(value).__name__}")
     values = list(value)
     if len(values) != batch:
         raise ValueError(f"{name} has {len(values)} entries but the batch has {batch} images")
+    bad = [v for v in values if not _is_int(v)]
+    if bad:
+        raise TypeError(f"{name} entries must be ints, got {bad!r}")
     return [int(v) for v in values]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _resolve_targets(target: TargetSpec, batch: int, num_classes: int, predicted: Tensor) -> Tensor:

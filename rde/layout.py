@@ -155,13 +155,13 @@ class MaskLayout:
     def save(self, path: str | Path, mask: Tensor) -> None:
         """Save masks ``(B, k)`` or ``(k,)`` as float32 ``.npy`` with a ``.layout.json`` beside it."""
         self.check(mask)
-        path = Path(path)
+        path = _npy_path(path)
         np.save(path, mask.detach().cpu().float().numpy())
         path.with_suffix(".layout.json").write_text(json.dumps(self.to_dict(), indent=2))
 
     @staticmethod
     def load(path: str | Path) -> tuple[MaskLayout, Tensor]:
-        path = Path(path)
+        path = _npy_path(path)
         meta = path.with_suffix(".layout.json")
         if not meta.exists():
             raise FileNotFoundError(f"{path}: missing layout file {meta.name} next to the mask")
@@ -169,3 +169,9 @@ class MaskLayout:
         mask = torch.from_numpy(np.load(path)).float()
         layout.check(mask)
         return layout, mask
+
+
+def _npy_path(path: str | Path) -> Path:
+    """``np.save`` appends ``.npy`` to other names; do it first so save and load agree on both file names."""
+    path = Path(path)
+    return path if path.suffix == ".npy" else path.with_name(path.name + ".npy")
