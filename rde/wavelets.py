@@ -5,8 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
-import pywt  # noqa: F401  (pytorch-wavelets depends on it; imported here to fail early with a clear name)
+import warnings
+
+import pywt
 import torch
+
+with warnings.catch_warnings():  # pytorch-wavelets imports the deprecated pkg_resources
+    warnings.simplefilter("ignore", UserWarning)
+    from pytorch_wavelets import DWTForward, DWTInverse
 
 
 @dataclass(frozen=True)
@@ -26,13 +32,9 @@ class WaveletConfig:
             raise ValueError(f"unsupported padding mode {self.mode!r}")
 
     def forward_transform(self) -> torch.nn.Module:
-        from pytorch_wavelets import DWTForward
-
         return DWTForward(J=self.levels, wave=self.wave, mode=self.mode)
 
     def inverse_transform(self) -> torch.nn.Module:
-        from pytorch_wavelets import DWTInverse
-
         return DWTInverse(wave=self.wave, mode=self.mode)
 
 
