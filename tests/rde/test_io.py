@@ -1,0 +1,160 @@
+"""Image loading (every PIL mode to 8-bit RGB, bad files named) and deterministic preprocessing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rde.io import ImageLoadError, load_image, load_images, preprocess
+
+
+def pixels(img: Image.Image) -> np.ndarray:
+    assert img.mode == "RGB"
+    arr = np.asarray(img)
+    assert arr.dtype == np.uint8 and arr.ndim == 3 and arr.shape[2] == 3
+    return arr
+
+
+def test_greyscale_is_replicated(tmp_path):
+    path = tmp_path / "grey.png"
+    Image.fromarray(np.array([[0, 100], [200, 255]], dtype=np.uint8), mode="L").save(path)
+    arr = pixels(load_image(path))
+    assert arr.shape == (2, 2, 3)
+    np.testing.assert_array_equal(arr, np.repeat(np.array([[0, 100], [200, 255]])[..., None], 3, axis=2))
+
+
+def test_rgba_is_composited_on_white(tmp_path):
+    path = tmp_path / "rgba.png"
+    rgba = np.array([[[255, 0, 0, 255], [255, 0, 0, 0], [0, 0, 255, 128]]], dtype=np.uint8)
+    Image.fromarray(rgba, mode="RGBA").save(path)
+    arr = pixels(load_image(path)).astype(int)
+    np.testing.assert_array_equal(arr[0, 0], [255, 0, 0])  # opaque
+    np.testing.assert_array_equal(arr[0, 1], [255, 255, 255])  # transparent -> white
+    np.testing.assert_allclose(arr[0, 2], [127, 127, 255], atol=1)  # half blue over white
+
+
+def test_cmyk_is_converted(tmp_path):
+    path = tmp_path / "cmyk.tiff"
+    img = Image.new("CMYK", (3, 1))
+    for x, value in enumerate([(0, 0, 0, 0), (255, 0, 0, 0), (0, 0, 0, 255)]):
+        img.putpixel((x, 0), value)
+    img.save(path)
+    arr = pixels(load_image(path))
+    np.testing.assert_array_equal(arr[0], [[255, 255, 255], [0, 255, 255], [0, 0, 0]])  # white, cyan, black
+
+
+def test_cmyk_jpeg(tmp_path):
+    path = tmp_path / "cmyk.jpg"
+    Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(path)  # magenta + yellow = red
+    arr = pixels(load_image(path)).astype(int)
+    assert arr.shape == (16, 16, 3)
+    np.testing.assert_allclose(arr.reshape(-1, 3).mean(0), [255, 0, 0], atol=6)
+
+
+def test_16_bit_png_is_rescaled_by_its_range(tmp_path):
+    path = tmp_path / "deep.png"
+    values = np.array([[0, 257 * 100, 32768, 65535]], dtype=np.uint16)
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode.startswith("I")
+    arr = pixels(load_image(path)).astype(int)
+    np.testing.assert_allclose(arr[0, :, 0], values[0] / 257, atol=1)
+    assert np.all(arr[..., 0] == arr[..., 1]) and np.all(arr[..., 1] == arr[..., 2])
+
+
+def test_palette_images(tmp_path):
+    path = tmp_path / "palette.png"
+    img = Image.new("P", (2, 1))
+    img.putpalette([10, 20, 30, 200, 100, 0] + [0] * 762)
+    img.putpixel((0, 0), 0)
+    img.putpixel((1, 0), 1)
+    img.save(path)
+    np.testing.assert_array_equal(pixels(load_image(path))[0], [[10, 20, 30], [200, 100, 0]])
+    transparent = tmp_path / "palette-transparent.png"
+    img.save(transparent, transparency=0)  # palette entry 0 is transparent -> white
+    np.testing.assert_array_equal(pixels(load_image(transparent))[0], [[255, 255, 255], [200, 100, 0]])
+
+
+def test_jpeg_rgb_round_trip(tmp_path):
+    path = tmp_path / "photo.JPEG"
+    Image.new("RGB", (20, 10), (30, 140, 220)).save(path, quality=95)
+    arr = pixels(load_image(path)).astype(int)
+    assert arr.shape == (10, 20, 3)
+    np.testing.assert_allclose(arr.reshape(-1, 3).mean(0), [30, 140, 220], atol=3)
+
+
+def _truncated_jpeg(path):
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path, quality=90)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _text(path):
+    path.write_text("this is not an image\n")
+
+
+def _empty(path):
+    path.write_bytes(b"")
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [(_truncated_jpeg, "truncated"), (_text, "not an image file"), (_empty, "not an image file")],
+    ids=["truncated-jpeg", "text-as-jpg", "empty"],
+)
+def test_bad_files_raise_image_load_error_naming_the_file(tmp_path, make, message):
+    path = tmp_path / "bad file.jpg"
+    make(path)
+    with pytest.raises(ImageLoadError, match=message) as info:
+        load_image(path)
+    assert str(path) in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+def test_missing_file_and_directory(tmp_path):
+    with pytest.raises(ImageLoadError, match="no such file") as info:
+        load_image(tmp_path / "missing.jpg")
+    assert str(tmp_path / "missing.jpg") in str(info.value)
+    folder = tmp_path / "folder.jpg"
+    folder.mkdir()
+    with pytest.raises(ImageLoadError, match="is a directory") as info:
+        load_image(folder)
+    assert str(folder) in str(info.value)
+
+
+def test_preprocess_shape_range_and_determinism():
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (90, 130, 3), dtype=np.uint8))
+    out = preprocess(img, 48)
+    assert out.shape == (3, 48, 48) and out.dtype == torch.float32
+    assert 0 <= out.min() and out.max() <= 1 and out.max() > 0.5
+    assert torch.equal(out, preprocess(img, 48))
+    flat = preprocess(Image.new("RGB", (70, 50), (51, 102, 255)), 32)
+    torch.testing.assert_close(flat, torch.tensor([0.2, 0.4, 1.0]).view(3, 1, 1).expand(3, 32, 32), atol=1 / 255, rtol=0)
+
+
+def test_preprocess_resizes_the_shorter_side_and_crops_the_center():
+    arr = np.zeros((100, 300, 3), dtype=np.uint8)
+    arr[:, :100, 0] = 255  # red | green | blue thirds
+    arr[:, 100:200, 1] = 255
+    arr[:, 200:, 2] = 255
+    out = preprocess(Image.fromarray(arr), 32)  # 100x300 -> 32x96 -> center 32 columns = the green third
+    assert out.shape == (3, 32, 32)
+    torch.testing.assert_close(out[:, :, 2:30], torch.tensor([0.0, 1.0, 0.0]).view(3, 1, 1).expand(3, 32, 28))
+    tall = preprocess(Image.fromarray(arr.transpose(1, 0, 2).copy()), 32)  # same along the other axis
+    torch.testing.assert_close(tall, out.transpose(1, 2))
+
+
+def test_load_images_stacks_and_names_the_bad_file(tmp_path):
+    paths = []
+    for i, colour in enumerate([(255, 0, 0), (0, 0, 255)]):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (40, 30), colour).save(paths[-1])
+    batch = load_images(paths, 24)
+    assert batch.shape == (2, 3, 24, 24)
+    assert batch[0, 0].min() == 1 and batch[1, 2].min() == 1 and batch[0, 2].max() == 0
+    (tmp_path / "broken.png").write_text("nope")
+    with pytest.raises(ImageLoadError, match="broken.png"):
+        load_images(paths + [tmp_path / "broken.png"], 24)
