@@ -261,6 +261,12 @@ class GenerateDataModule(L.LightningDataModule):
         return {**batch, "images": None if images is None else images.to(device)}
 
     def teardown(self, stage: str) -> None:
+        self.release_lock()
+
+    def on_exception(self, exception: BaseException) -> None:
+        self.release_lock()
+
+    def release_lock(self) -> None:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
@@ -488,6 +494,9 @@ def generate_targets(
         callbacks=[writer],
         default_root_dir=out_dir,
     )
-    trainer.predict(module, datamodule=data, return_predictions=False)
+    try:
+        trainer.predict(module, datamodule=data, return_predictions=False)
+    finally:
+        data.release_lock()  # also when setup refused the directory
     writer.summary.skipped = data.skipped  # also when nothing was left to do (the predict hooks are skipped)
     return writer.summary

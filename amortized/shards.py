@@ -18,6 +18,7 @@ complete shard; a killed run loses only the shard it had open. Every sample carr
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import io
@@ -248,6 +249,9 @@ def _members(path: Path) -> Iterator[tuple[str, str, bytes]]:
                 key, _, field = m.name.partition(".")
                 f = tf.extractfile(m)
                 yield key, field, f.read() if f is not None else b""
+            end = tf.offset  # a closed tar ends with two zero blocks; a cut-off one does not
+            if data[end : end + 1024] != bytes(1024):
+                raise CorruptShardError(f"{path}: truncated (no end-of-archive marker); delete it and rerun generate")
     except tarfile.TarError as e:
         raise CorruptShardError(f"{path}: corrupt or truncated shard ({e}); delete it and rerun generate") from None
 
@@ -359,3 +363,244 @@ def build_manifest(
         "failed": failed or [],
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+# -- reading: a shard directory as a dataset -------------------------------------------------------------
+@dataclass(frozen=True)
+class ShardIndex:
+    """A checked shard directory: its manifest and, per finished shard, the keys it holds (in order)."""
+
+    directory: Path
+    manifest: dict[str, Any]
+    shards: tuple[tuple[Path, tuple[str, ...]], ...]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.manifest["config"]
+
+    @property
+    def config_hash(self) -> str:
+        return self.manifest["config_hash"]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(len(keys) for _, keys in self.shards)
+
+    def layout(self):
+        """The :class:`rde.MaskLayout` of the masks (from the stored preset)."""
+        from rde import MaskLayout, WaveletConfig
+
+        preset = self.config["preset"]
+        size = preset["image_size"]
+        layout = MaskLayout.for_wavelet(size, size, WaveletConfig(**preset["wavelet"]))
+        if layout.signature != self.config["layout"]:
+            raise ValueError(f"{self.directory}: manifest layout {self.config['layout']} != {layout.signature}")
+        return layout
+
+    def counts(self, split: str = "all", val_fraction: float = 1 / 8) -> list[int]:
+        """Samples of ``split`` in each shard."""
+        from amortized.datasets import in_split
+
+        return [sum(in_split(k, split, val_fraction) for k in keys) for _, keys in self.shards]
+
+
+def open_shard_dir(shard_dir: str | Path) -> ShardIndex:
+    """Read and check a shard directory written by ``cartoonx generate``.
+
+    Raises:
+        FileNotFoundError: no directory or no manifest.
+        ConfigMismatchError: shards of several configurations, or of another than the manifest's.
+        CorruptShardError: an unreadable or incomplete shard, or a key in two shards.
+    """
+    shard_dir = Path(shard_dir)
+    manifest = read_manifest(shard_dir) if shard_dir.is_dir() else None
+    if manifest is None:
+        raise FileNotFoundError(f"{shard_dir}: not a shard directory (no {MANIFEST}); create it with cartoonx generate")
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{shard_dir}/{MANIFEST}: format {manifest.get('format')!r} v{manifest.get('format_version')}, "
+                         f"expected {FORMAT!r} v{FORMAT_VERSION}")
+    chash = manifest["config_hash"]
+    others = sorted({parse_shard_name(p).config_hash for p in list_shards(shard_dir)} - {chash})
+    if others:
+        raise ConfigMismatchError(
+            f"{shard_dir}: holds shards of configuration(s) {', '.join(others)} besides the manifest's {chash}; "
+            "one directory must hold one configuration"
+        )
+    shards, seen = [], {}
+    for path in list_shards(shard_dir, chash):
+        keys = cached_shard_keys(path)
+        for k in keys:
+            if k in seen:
+                raise CorruptShardError(f"{path}: key {k!r} also in {seen[k].name}")
+            seen[k] = path
+        shards.append((path, keys))
+    return ShardIndex(shard_dir, manifest, tuple(shards))
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """How one rank reads its part: by whole shards or by every S-th sample, and how many batches each
+    of its loader workers yields (``None``: all it has, partial last batch included)."""
+
+    mode: str  # "shards" or "samples"
+    slots: int  # world_size * num_workers
+    worker_batches: tuple[int, ...] | None
+    num_batches: int
+
+
+def plan_split(
+    counts: list[int],
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    mode: str = "auto",
+    equalize: bool = True,
+) -> SplitPlan:
+    """Decide how ranks and workers share shards with per-shard sample ``counts``.
+
+    ``shards`` mode gives rank r the shards ``[r::world]`` and its worker w ``[w::workers]`` of those
+    (webdataset's ``split_by_node``/``split_by_worker``); it needs at least one shard per slot.
+    ``samples`` mode has every slot read all shards and keep every S-th sample (S = slots); it works
+    with any number of shards. Either way no sample reaches two slots. With ``equalize`` (training)
+    every rank yields the same number of full batches, so DDP ranks stay in step: surplus batches are
+    dropped, never repeated. ``auto`` uses shards unless that would drop over 10% more data.
+    """
+    if mode not in ("auto", "shards", "samples"):
+        raise ValueError(f"split mode must be auto, shards or samples, got {mode!r}")
+    workers = max(1, num_workers)
+    slots = world_size * workers
+    n = sum(counts)
+
+    def per_slot(m: str) -> list[list[int]]:  # [rank][worker] -> samples
+        if m == "samples":
+            return [[n // slots + (r * workers + w < n % slots) for w in range(workers)] for r in range(world_size)]
+        return [[sum(counts[r::world_size][w::workers]) for w in range(workers)] for r in range(world_size)]
+
+    def usable(m: str) -> int:
+        return min(sum(c // batch_size for c in row) for row in per_slot(m))
+
+    if mode == "auto":
+        mode = "shards" if len(counts) >= slots and usable("shards") >= 0.9 * usable("samples") else "samples"
+    elif mode == "shards" and len(counts) < slots:
+        raise ValueError(
+            f"{len(counts)} shard(s) cannot be split over {world_size} rank(s) x {workers} worker(s) "
+            "without duplication; use split mode 'samples' or 'auto'"
+        )
+    mine = per_slot(mode)[rank]
+    if not equalize:
+        return SplitPlan(mode, slots, None, sum(-(-c // batch_size) for c in mine))
+    caps = [c // batch_size for c in mine]
+    excess = sum(caps) - usable(mode)
+    while excess > 0:
+        caps[caps.index(max(caps))] -= 1
+        excess -= 1
+    return SplitPlan(mode, slots, tuple(caps), sum(caps))
+
+
+def _split_samples(src: Iterator[Any]) -> Iterator[Any]:
+    """Keep every S-th sample for this (rank, worker) slot, S = world_size * num_workers."""
+    import webdataset as wds
+
+    rank, world, worker, workers = wds.utils.pytorch_worker_info()
+    slots = world * workers
+    slot = rank * workers + worker
+    for i, sample in enumerate(src):
+        if i % slots == slot:
+            yield sample
+
+
+def _cap_batches(src: Iterator[Any], worker_batches: tuple[int, ...]) -> Iterator[Any]:
+    import itertools
+
+    import webdataset as wds
+
+    _, _, worker, _ = wds.utils.pytorch_worker_info()
+    yield from itertools.islice(src, worker_batches[worker])
+
+
+_READ_FIELDS = ("__key__", "__url__", "png", "mask.npy", "cls", "meta.json")
+
+
+def _keep_fields(sample: dict[str, Any]) -> dict[str, Any]:
+    return {f: sample[f] for f in _READ_FIELDS if f in sample}
+
+
+def _key_in_split(sample: dict[str, Any], split: str, fraction: float) -> bool:
+    from amortized.datasets import in_split
+
+    return in_split(sample["__key__"], split, fraction)
+
+
+def _training_sample(sample: dict[str, Any], num_entries: int) -> dict[str, Any]:
+    import torch
+
+    mask = sample["mask.npy"]
+    if mask.shape != (num_entries,):
+        raise CorruptShardError(
+            f"{sample.get('__url__')}: sample {sample['__key__']!r} has a mask of shape {mask.shape}, "
+            f"the layout has k={num_entries}"
+        )
+    meta = sample["meta.json"]
+    return {
+        "key": sample["__key__"],
+        "image": sample["png"],
+        "mask": torch.from_numpy(mask.astype(np.float32)),
+        "target": torch.tensor(meta["target"], dtype=torch.long),
+        "label": torch.tensor(int(sample["cls"]), dtype=torch.long),
+        "final_loss": torch.tensor(meta["final"]["loss"], dtype=torch.float32),
+    }
+
+
+def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    import torch
+
+    batch = {k: torch.stack([s[k] for s in samples]) for k in ("image", "mask", "target", "label", "final_loss")}
+    batch["key"] = [s["key"] for s in samples]
+    return batch
+
+
+def mask_pipeline(
+    index: ShardIndex,
+    split: str = "train",
+    val_fraction: float = 1 / 8,
+    batch_size: int = 16,
+    shuffle: bool = True,
+    seed: int = 0,
+    shuffle_buffer: int = 256,
+    plan: SplitPlan | None = None,
+):
+    """A ``webdataset.DataPipeline`` of batches from a shard directory (use with ``DataLoader(batch_size=None)``).
+
+    Batches are dicts: ``image`` (B, 3, H, W) float in [0, 1], ``mask`` (B, k) float32, ``target`` (B,)
+    the class the mask explains, ``label`` (B,) true class (-1 unknown), ``final_loss`` (B,), ``key`` list.
+    ``plan`` (from :func:`plan_split`) fixes how ranks and workers share the data; default one process.
+    Shuffling is seeded (``seed`` + epoch, counted per pass): reproducible, different every epoch.
+    """
+    import webdataset as wds
+
+    if plan is None:
+        plan = plan_split(index.counts(split, val_fraction), batch_size, equalize=False)
+    k = index.layout().num_entries
+    urls = [str(p) for p, _ in index.shards]
+    if not urls:
+        raise ValueError(f"{index.directory}: no finished shards to read")
+    stages: list[Any] = [wds.SimpleShardList(urls)]
+    if plan.mode == "shards":
+        stages += [wds.split_by_node, wds.split_by_worker]
+    if shuffle:
+        stages.append(wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed))
+    stages += [wds.tarfile_to_samples(), wds.select(functools.partial(_key_in_split, split=split, fraction=val_fraction))]
+    if plan.mode == "samples":
+        stages.append(wds.pipelinefilter(_split_samples)())
+    if shuffle:
+        stages.append(wds.detshuffle(bufsize=shuffle_buffer, initial=min(shuffle_buffer, 64), seed=seed + 1))
+    stages += [
+        wds.map(_keep_fields),  # only our fields reach the decoder (no pickle or torch.load by extension)
+        wds.decode("torchrgb"),
+        wds.map(functools.partial(_training_sample, num_entries=k)),
+        wds.batched(batch_size, collation_fn=_collate, partial=plan.worker_batches is None),
+    ]
+    if plan.worker_batches is not None:
+        stages.append(wds.pipelinefilter(_cap_batches)(plan.worker_batches))
+    return wds.DataPipeline(*stages).with_length(plan.num_batches, silent=True)

@@ -1,0 +1,138 @@
+"""Image lists, canonical labels and the hash split (amortized/datasets.py)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from amortized.datasets import (
+    in_split,
+    key_seed,
+    label_of,
+    list_images,
+    sample_key,
+    split_of,
+    wnid_of,
+)
+
+# (wnid, canonical index): tench is class 0, goldfish 1, toilet tissue 999 in the standard ImageNet-1k order.
+KNOWN = [("n01440764", 0), ("n01443537", 1), ("n15075141", 999)]
+
+
+def _png(path: Path, value: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((8, 8, 3), value, np.uint8)).save(path)
+    return path
+
+
+def test_sample_key_replaces_dots_and_drops_suffix():
+    assert sample_key("/a/b/n01440764_10026.JPEG") == "n01440764_10026"
+    assert sample_key("x/photo.v2.final.png") == "photo_v2_final"
+
+
+def test_wnid_from_folder_or_prefix():
+    assert wnid_of("root/n01440764/img.JPEG") == "n01440764"
+    assert wnid_of("flat/n01443537_goldfish.JPEG") == "n01443537"
+    assert wnid_of("flat/holiday.jpg") is None
+    assert wnid_of("flat/n123_x.jpg") is None
+
+
+@pytest.mark.parametrize("wnid,index", KNOWN)
+def test_labels_are_canonical_indices(wnid, index):
+    assert label_of(wnid) == index
+
+
+def test_unknown_wnid_gets_minus_one():
+    assert label_of(None) == -1
+    assert label_of("n99999999") == -1
+
+
+def test_three_input_forms_give_the_same_items(tmp_path):
+    names = [f"{w}_img{i}" for i, (w, _) in enumerate(KNOWN)]
+    flat = tmp_path / "flat"
+    tree = tmp_path / "tree"
+    for name, (w, _) in zip(names, KNOWN):
+        _png(flat / f"{name}.png")
+        _png(tree / w / f"{name}.png")
+    listing = tmp_path / "lists" / "images.txt"
+    listing.parent.mkdir()
+    listing.write_text("# a comment\n\n" + "\n".join(f"../flat/{n}.png  # trailing" for n in reversed(names)) + "\n")
+
+    for src in (flat, tree, listing):
+        items = list_images(src)
+        assert [i.key for i in items] == sorted(names), src
+        assert [i.label for i in items] == [idx for _, idx in sorted(zip(names, [i for _, i in KNOWN]))]
+        assert all(i.path.is_file() for i in items)
+
+
+def test_labels_do_not_come_from_enumerating_folders(tmp_path):
+    # Only two classes present: indices must still be the canonical 1 and 999, not 0 and 1.
+    _png(tmp_path / "n01443537" / "a.JPEG")
+    _png(tmp_path / "n15075141" / "b.JPEG")
+    assert [(i.key, i.label) for i in list_images(tmp_path)] == [("a", 1), ("b", 999)]
+
+
+def test_hidden_files_and_non_images_are_ignored(tmp_path):
+    _png(tmp_path / "n01440764_a.png")
+    _png(tmp_path / ".cache" / "n01440764_b.png")
+    _png(tmp_path / "._n01440764_c.png")
+    (tmp_path / "notes.txt").write_text("x")
+    assert [i.key for i in list_images(tmp_path)] == ["n01440764_a"]
+
+
+def test_duplicate_keys_are_refused_naming_both(tmp_path):
+    a = _png(tmp_path / "n01440764" / "x.png")
+    b = _png(tmp_path / "n01443537" / "x.png")
+    with pytest.raises(ValueError, match="same sample key 'x'") as err:
+        list_images(tmp_path)
+    assert str(a) in str(err.value) and str(b) in str(err.value)
+
+
+def test_missing_sources_and_listed_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        list_images(tmp_path / "nowhere")
+    listing = tmp_path / "l.txt"
+    listing.write_text("missing.png\n")
+    with pytest.raises(FileNotFoundError, match=r"l.txt:1: listed image 'missing.png'"):
+        list_images(listing)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images found"):
+        list_images(tmp_path / "empty")
+
+
+def test_split_is_a_hash_of_the_key():
+    keys = [f"n{i:08d}_img" for i in range(8000)]
+    val = [k for k in keys if split_of(k) == "val"]
+    # sha1-based: an independent recomputation of the rule.
+    expected = [k for k in keys if int.from_bytes(hashlib.sha1(k.encode()).digest()[:8], "big") / 2**64 < 1 / 8]
+    assert val == expected
+    assert 8000 / 8 - 4 * 30 < len(val) < 8000 / 8 + 4 * 30  # binomial sd ~ 30
+    assert all(in_split(k, "train") != in_split(k, "val") for k in keys[:500])
+    assert all(in_split(k, "all") for k in keys[:10])
+    assert not any(in_split(k, "val", 0.0) for k in keys[:500])
+
+
+def test_split_filters_list_and_is_order_independent(tmp_path):
+    for i in range(40):
+        _png(tmp_path / f"n01440764_{i}.png", i)
+    all_keys = {i.key for i in list_images(tmp_path)}
+    train = {i.key for i in list_images(tmp_path, split="train", val_fraction=0.25)}
+    val = {i.key for i in list_images(tmp_path, split="val", val_fraction=0.25)}
+    assert train | val == all_keys and not train & val and val
+    assert val == {k for k in all_keys if split_of(k, 0.25) == "val"}
+    with pytest.raises(ValueError, match="split"):
+        list_images(tmp_path, split="test")
+    with pytest.raises(ValueError, match="val_fraction"):
+        list_images(tmp_path, val_fraction=1.5)
+
+
+def test_key_seed_depends_on_key_and_base_seed_only():
+    assert key_seed("a", 0) == key_seed("a", 0)
+    seeds = {key_seed(f"k{i}", 0) for i in range(1000)}
+    assert len(seeds) == 1000
+    assert key_seed("a", 0) != key_seed("a", 1)
+    assert all(0 <= s < 2**63 for s in seeds)

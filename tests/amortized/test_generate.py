@@ -1,0 +1,215 @@
+"""Target generation: shards, resume, refusals, bad images, kill -9 (amortized/generate.py, `cartoonx generate`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from amortized import shards as S
+from amortized.cli import main as cli_main
+from amortized.datasets import key_seed, list_images
+from amortized.generate import _DirLock, generate_targets
+from rde import CartoonX, create_classifier, load_image, preprocess
+
+REPO = Path(__file__).resolve().parents[2]
+WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361", "n01494475", "n01496331", "n01498041",
+         "n01514668", "n01514859", "n01518878", "n01530575", "n01531178"]
+TINY = dict(classifier="tiny-test", preset="tiny", show_progress=False)
+
+
+def make_images(root: Path, n: int) -> Path:
+    """``n`` random photos ``<wnid>_img<i>.png`` of varying size (resized to 64 px by generation)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        h, w = 64 + 8 * (i % 3), 72 + 4 * (i % 5)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / f"{WNIDS[i]}_img{i}.png")
+    return root
+
+
+def all_keys(out: Path) -> list[str]:
+    return [k for p in S.list_shards(out) for k in S.shard_keys(p)]
+
+
+def samples_by_key(out: Path) -> dict[str, dict]:
+    return {s["key"]: s for p in S.list_shards(out) for s in S.read_samples(p)}
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    return make_images(tmp_path_factory.mktemp("images"), 7)
+
+
+@pytest.fixture(scope="module")
+def generated(images, tmp_path_factory) -> tuple[Path, object]:
+    out = tmp_path_factory.mktemp("gen") / "shards"
+    summary = generate_targets(images, out, batch_size=3, shard_size=2, **TINY)
+    return out, summary
+
+
+def test_every_image_once_in_complete_shards(images, generated):
+    out, summary = generated
+    keys = all_keys(out)
+    assert sorted(keys) == sorted(i.key for i in list_images(images))
+    assert (summary.done, summary.skipped, summary.failed) == (7, 0, 0)
+    assert [len(S.shard_keys(p)) for p in S.list_shards(out)] == [2, 2, 2, 1]
+    assert not list(out.glob("*.tmp"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["num_samples"] == 7 and manifest["num_shards"] == 4 and manifest["failed"] == []
+    assert manifest["config"]["classifier"] == "tiny-test" and manifest["config"]["preset"]["steps"] == 10
+    assert all(p.name.startswith(f"masks-{manifest['config_hash']}-r0-") for p in S.list_shards(out))
+
+
+def test_sample_contents(images, generated):
+    out, _ = generated
+    items = {i.key: i for i in list_images(images)}
+    for key, s in samples_by_key(out).items():
+        meta = s["meta"]
+        assert s["mask"].dtype == np.float16 and s["mask"].shape == (meta["num_entries"],) == (5319,)
+        assert s["curves"].shape == (3, 10) and meta["steps"] == 10
+        assert s["label"] == items[key].label == meta["label"] >= 0
+        assert meta["wnid"] == items[key].wnid and meta["seed"] == key_seed(key, 0)
+        assert meta["classifier"] == "tiny-test" and meta["preset"]["num_samples"] == 4
+        assert meta["layout"] == "wavelet:db3:J5:zero:64x64" and meta["version"]
+        assert meta["final"]["loss"] == pytest.approx(float(s["curves"][0, -1]))
+        assert meta["predicted"] == meta["target"] and 0 < meta["predicted_prob"] <= 1
+        expected = (preprocess(load_image(items[key].path), 64) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+        assert np.array_equal(s["image"], expected)  # lossless
+
+
+def test_masks_are_the_exact_optimizer_per_image(images, generated):
+    """Each stored mask is what CartoonX gives that image alone with its key seed (batching doesn't matter)."""
+    out, _ = generated
+    clf = create_classifier("tiny-test")
+    explainer = CartoonX(clf, "tiny")
+    stored = samples_by_key(out)
+    for item in list_images(images)[:3]:
+        x = preprocess(load_image(item.path), 64)[None]
+        ref = explainer.explain(x, seed=key_seed(item.key, 0))
+        got = stored[item.key]
+        np.testing.assert_allclose(got["mask"].astype(np.float32), ref.mask[0].numpy(), atol=1e-3)
+        np.testing.assert_allclose(got["curves"][0], ref.history["loss"][0].numpy(), rtol=1e-4, atol=1e-6)
+        assert got["meta"]["target"] == int(ref.targets[0])
+
+
+def test_rerun_resumes_and_numbers_shards_on(images, tmp_path):
+    out = tmp_path / "shards"
+    first = generate_targets(images, out, batch_size=2, shard_size=2, limit=3, **TINY)
+    before = {p.name: p.read_bytes() for p in S.list_shards(out)}
+    second = generate_targets(images, out, batch_size=2, shard_size=2, **TINY)
+    assert (first.done, second.done, second.skipped) == (3, 4, 3)
+    keys = all_keys(out)
+    assert len(keys) == len(set(keys)) == 7
+    assert {p.name: p.read_bytes() for p in S.list_shards(out) if p.name in before} == before  # untouched
+    assert [S.parse_shard_name(p).index for p in S.list_shards(out)] == [0, 1, 2, 3]
+    third = generate_targets(images, out, batch_size=2, shard_size=2, **TINY)
+    assert (third.done, third.skipped) == (0, 7)
+
+
+def test_different_config_is_refused(images, generated):
+    out, _ = generated
+    with pytest.raises(S.ConfigMismatchError, match=r"preset.steps: 10 -> 3"):
+        generate_targets(images, out, steps=3, **TINY)
+    with pytest.raises(S.ConfigMismatchError, match="seed: 0 -> 1"):
+        generate_targets(images, out, seed=1, **TINY)
+
+
+def test_corrupt_shard_is_named(images, tmp_path):
+    out = tmp_path / "shards"
+    generate_targets(images, out, shard_size=4, limit=4, **TINY)
+    (shard,) = S.list_shards(out)
+    shard.write_bytes(shard.read_bytes()[:5000])
+    with pytest.raises(S.CorruptShardError, match=shard.name):
+        generate_targets(images, out, shard_size=4, **TINY)
+
+
+def test_bad_image_is_logged_skipped_and_recorded(tmp_path, capsys):
+    src = make_images(tmp_path / "img", 3)
+    (src / "n01498041_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    (src / "n01514668_cut.png").write_bytes((src / f"{WNIDS[0]}_img0.png").read_bytes()[:300])
+    out = tmp_path / "shards"
+    code = cli_main(["generate", str(src), "--out", str(out), "--model", "tiny-test", "--preset", "tiny",
+                     "--batch-size", "2", "--no-progress"])
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "n01498041_broken.png" in err and "3 done" in err and "2 failed" in err
+    assert sorted(all_keys(out)) == sorted(f"{w}_img{i}" for i, w in enumerate(WNIDS[:3]))
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {f["key"] for f in manifest["failed"]} == {"n01498041_broken", "n01514668_cut"}
+    assert all("n01498041_broken.png" in f["error"] for f in manifest["failed"] if f["key"] == "n01498041_broken")
+
+
+def test_partial_shards_are_removed_and_concurrent_runs_refused(images, tmp_path):
+    out = tmp_path / "shards"
+    out.mkdir()
+    stale = out / "masks-0123456789-r0-000000.tar.gz.tmp"
+    stale.write_bytes(b"partial")
+    lock = _DirLock(out)
+    with pytest.raises(ValueError, match="another `cartoonx generate`"):
+        generate_targets(images, out, limit=1, **TINY)
+    lock.release()
+    generate_targets(images, out, limit=1, **TINY)
+    assert not stale.exists() and len(all_keys(out)) == 1
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    assert cli_main(["generate", str(tmp_path / "missing"), "--out", str(tmp_path / "o"), "--model", "tiny-test"]) == 2
+    assert "missing: no such file or directory" in capsys.readouterr().err
+
+
+def test_kill_9_loses_only_the_open_shard(tmp_path):
+    src = make_images(tmp_path / "img", 12)
+    out = tmp_path / "shards"
+    cmd = [sys.executable, "-m", "amortized.cli", "generate", str(src), "--out", str(out), "--model", "tiny-test",
+           "--preset", "tiny", "--steps", "120", "--batch-size", "1", "--shard-size", "2", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if out.is_dir() and S.list_shards(out) and list(out.glob("*.tmp")):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"generation ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    finished = {p.name: S.shard_keys(p) for p in S.list_shards(out)}
+    assert finished and list(out.glob("*.tmp"))  # killed mid-shard
+    assert len(finished) < 6
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"{sum(map(len, finished.values()))} skipped" in done.stderr
+    keys = all_keys(out)
+    assert sorted(keys) == sorted(i.key for i in list_images(src)) and len(keys) == len(set(keys)) == 12
+    assert {p.name: S.shard_keys(p) for p in S.list_shards(out) if p.name in finished} == finished
+    assert not list(out.glob("*.tmp"))
+
+
+@pytest.mark.slow
+def test_real_photos_with_efficientnet(imagenet_sample, tmp_path):
+    photos = sorted(imagenet_sample.glob("*.JPEG"))[:2]
+    listing = tmp_path / "two.txt"
+    listing.write_text("\n".join(str(p) for p in photos))
+    out = tmp_path / "shards"
+    summary = generate_targets(listing, out, preset="cpu", steps=5, num_samples=4, batch_size=2, show_progress=False)
+    assert summary.done == 2
+    stored = samples_by_key(out)
+    assert set(stored) == {p.stem for p in photos}
+    for s in stored.values():
+        meta = s["meta"]
+        assert meta["classifier"] == "efficientnet_lite0" and meta["image_size"] == 128 and meta["steps"] == 5
+        assert s["mask"].shape == (18631,) and s["image"].shape == (128, 128, 3)
+        assert 0.0 <= s["mask"].min() and s["mask"].max() <= 1.0
+        assert s["curves"][0, -1] < s["curves"][0, 0]  # the loss went down
