@@ -74,6 +74,8 @@ class GenerateSummary:
 
     out_dir: Path
     config_hash: str
+    rank: int = 0
+    world_size: int = 1
     done: int = 0
     skipped: int = 0
     failed: int = 0
@@ -85,8 +87,9 @@ class GenerateSummary:
         return 3600.0 * self.done / self.seconds if self.seconds > 0 else 0.0
 
     def __str__(self) -> str:
+        where = f"rank {self.rank}/{self.world_size}: " if self.world_size > 1 else ""
         return (
-            f"{self.done} done, {self.skipped} skipped (already in shards), {self.failed} failed, "
+            f"{where}{self.done} done, {self.skipped} skipped (already in shards), {self.failed} failed, "
             f"{_hours(self.seconds)}, {self.images_per_hour:.1f} images/hour; "
             f"{len(self.shards)} new shard(s) in {self.out_dir} (config {self.config_hash})"
         )
@@ -368,6 +371,7 @@ class ShardPredictionWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._rank = trainer.global_rank
+        self.summary.rank, self.summary.world_size = trainer.global_rank, trainer.world_size
         dm = trainer.datamodule
         self.summary.skipped = dm.skipped
         self._writer = S.AtomicShardWriter(

@@ -298,7 +298,7 @@ def _decode(path: Path, key: str, raw: dict[str, bytes]) -> dict[str, Any]:
         raise CorruptShardError(f"{path}: sample {key!r} lacks {sorted(missing)}")
     try:
         with Image.open(io.BytesIO(raw["png"])) as img:
-            image = np.asarray(img.convert("RGB"))
+            image = np.array(img.convert("RGB"))
         return {
             "key": key,
             "image": image,
@@ -604,3 +604,46 @@ def mask_pipeline(
     if plan.worker_batches is not None:
         stages.append(wds.pipelinefilter(_cap_batches)(plan.worker_batches))
     return wds.DataPipeline(*stages).with_length(plan.num_batches, silent=True)
+
+
+def verify_shards(shard_dir: str | Path) -> tuple[ShardIndex | None, list[str]]:
+    """Decode every sample of a shard directory and check it against the manifest's configuration.
+
+    Checks: every shard readable and complete; one configuration; keys unique; per sample the mask is
+    float16 of length k in [0, 1], the image ``size x size x 3``, the curves ``(3, steps)`` and finite,
+    and the metadata's config hash and layout those of the manifest. Returns ``(index, problems)``;
+    ``index`` is ``None`` when the directory itself cannot be opened.
+    """
+    try:
+        index = open_shard_dir(shard_dir)
+    except (CorruptShardError, ConfigMismatchError) as e:
+        return None, [str(e)]
+    problems: list[str] = []
+    k = index.layout().num_entries
+    size = index.config["preset"]["image_size"]
+    for path, _ in index.shards:
+        try:
+            for s in read_samples(path):
+                where = f"{path.name}: {s['key']}"
+                mask, curves, meta = s["mask"], s["curves"], s["meta"]
+                if mask.dtype != np.float16 or mask.shape != (k,):
+                    problems.append(f"{where}: mask {mask.dtype} {mask.shape}, expected float16 ({k},)")
+                elif not np.isfinite(mask).all() or mask.min() < 0 or mask.max() > 1:
+                    problems.append(f"{where}: mask values outside [0, 1] or not finite")
+                if s["image"].shape != (size, size, 3):
+                    problems.append(f"{where}: image {s['image'].shape}, expected ({size}, {size}, 3)")
+                if curves.shape != (len(CURVE_NAMES), meta.get("steps")) or not np.isfinite(curves).all():
+                    problems.append(f"{where}: curves {curves.shape} (steps {meta.get('steps')}) or not finite")
+                if meta.get("config_hash") != index.config_hash or meta.get("layout") != index.config["layout"]:
+                    problems.append(f"{where}: metadata config {meta.get('config_hash')} / {meta.get('layout')} "
+                                    f"differs from the manifest's {index.config_hash} / {index.config['layout']}")
+                if s["label"] != meta.get("label"):
+                    problems.append(f"{where}: cls {s['label']} != meta label {meta.get('label')}")
+        except CorruptShardError as e:
+            problems.append(str(e))
+    listed = {s["name"]: s["count"] for s in index.manifest.get("shards", [])}
+    actual = {p.name: len(keys) for p, keys in index.shards}
+    if listed != actual:
+        problems.append(f"{index.directory}/{MANIFEST} is stale ({sum(listed.values())} samples listed, "
+                        f"{sum(actual.values())} in shards); rerun generate to refresh it")
+    return index, problems

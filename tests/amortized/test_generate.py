@@ -68,6 +68,7 @@ def test_every_image_once_in_complete_shards(images, generated):
     assert manifest["num_samples"] == 7 and manifest["num_shards"] == 4 and manifest["failed"] == []
     assert manifest["config"]["classifier"] == "tiny-test" and manifest["config"]["preset"]["steps"] == 10
     assert all(p.name.startswith(f"masks-{manifest['config_hash']}-r0-") for p in S.list_shards(out))
+    assert S.verify_shards(out)[1] == []
 
 
 def test_sample_contents(images, generated):

@@ -20,22 +20,29 @@ TINY = load_preset("tiny")
 K = MaskLayout.for_wavelet(TINY.image_size, TINY.image_size, TINY.wavelet).num_entries
 
 
+def fake_config(preset=TINY) -> dict:
+    layout = MaskLayout.for_wavelet(preset.image_size, preset.image_size, preset.wavelet)
+    params = preset.to_dict()
+    params.pop("name")
+    return {"format_version": S.FORMAT_VERSION, "method": "cartoonx", "classifier": "tiny-test", "preset": params,
+            "init": "ones", "target": "predicted", "seed": 0, "layout": layout.signature,
+            "num_entries": layout.num_entries}  # the keys of amortized.generate.target_config
+
+
 def fake_sample(key: str, k: int = K, size: int = 64, steps: int = 5) -> dict:
-    """A sample with deterministic random content derived from the key."""
+    """A sample with deterministic random content derived from the key, metadata as generation writes it."""
     rng = np.random.default_rng(abs(hash(key)) % 2**32)
     image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
     mask = rng.random(k).astype(np.float16)
     curves = rng.random((3, steps)).astype(np.float32)
     label = int(rng.integers(0, 1000))
-    meta = {"key": key, "target": int(rng.integers(0, 1000)), "final": {"loss": float(curves[0, -1])}}
+    config = fake_config()
+    meta = {
+        "key": key, "label": label, "target": int(rng.integers(0, 1000)), "target_name": "thing", "target_prob": 0.5,
+        "steps": steps, "final": {"loss": float(curves[0, -1])}, "config_hash": S.config_hash(config),
+        "layout": config["layout"],
+    }
     return S.make_sample(key, image, mask, curves, label, meta)
-
-
-def fake_config(k_preset=TINY) -> dict:
-    layout = MaskLayout.for_wavelet(k_preset.image_size, k_preset.image_size, k_preset.wavelet)
-    params = k_preset.to_dict()
-    params.pop("name")
-    return {"classifier": "tiny-test", "preset": params, "layout": layout.signature, "num_entries": layout.num_entries}
 
 
 def write_fake_shards(out: Path, keys: list[str], shard_size: int, compress: bool = True, rank: int = 0) -> str:
@@ -270,3 +277,33 @@ def test_shuffle_is_seeded_and_changes_per_epoch(tmp_path):
     assert (a1, a2) == (b1, b2)
     assert a1 != a2 and sorted(a1[0]) == sorted(a2[0]) == keys_of(16)
     assert epochs(5)[0] != a1
+
+
+def test_verify_and_cli_on_a_good_directory(tmp_path, capsys):
+    from amortized.cli import main
+
+    write_fake_shards(tmp_path / "d", keys_of(6), 4)
+    index, problems = S.verify_shards(tmp_path / "d")
+    assert problems == [] and index.num_samples == 6
+    preview = tmp_path / "p.png"
+    assert main(["shards", str(tmp_path / "d"), "--preview", str(preview), "--num-preview", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "6 samples in 2 shards" in out and "check: OK" in out and "r0: 6" in out
+    assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_verify_reports_bad_samples_and_shards(tmp_path, capsys):
+    from amortized.cli import main
+
+    out = tmp_path / "d"
+    chash = write_fake_shards(out, keys_of(4), 2)
+    with S.AtomicShardWriter(S.shard_pattern(out, chash, 1), 2) as w:
+        w.write(fake_sample("short", k=K - 3))  # wrong mask length
+    (first, *_) = S.list_shards(out)
+    S.write_json_atomic(out / S.MANIFEST, S.build_manifest(out, fake_config(), chash))
+    _, problems = S.verify_shards(out)
+    assert any(f"short: mask float16 ({K - 3},), expected float16 ({K},)" in p for p in problems)
+    first.write_bytes(first.read_bytes()[:3000])
+    S._KEY_CACHE.clear()
+    assert main(["shards", str(out), "--num-preview", "0"]) == 2  # the directory cannot even be indexed
+    assert first.name in capsys.readouterr().err
