@@ -1,0 +1,246 @@
+"""Compare initial masks for CartoonX by their loss curves, with identical noise seeds.
+
+For every init the exact optimizer runs N steps on the same images with the same per-image seeds.
+The report gives, per init: final loss/distortion/sparsity, steps-to-reach (the first step from which
+the 10-step moving average stays at or below the ones-init average at step N), the speedup N / steps,
+the moving-average loss at fixed steps, and wall time including any network forward pass; and
+rate-distortion curves of the final masks.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from rde import CartoonX
+from rde.init import InitSpec
+from rde.metrics import loss_at, rate_distortion_curve, reference_level, steps_to_reach
+
+InitFactory = Callable[[Tensor], Tensor]
+FIXED_STEPS = (10, 30, 100)
+RD_FRACTIONS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 1.0)
+
+
+@dataclass
+class InitRun:
+    name: str
+    history: dict[str, Tensor]  # (B, N) each
+    mask: Tensor  # (B, k) final
+    seconds: float  # wall time for the batch, init included
+    init_seconds: float
+    steps_to_reach: Tensor = field(default_factory=lambda: torch.empty(0))
+    rd_keep: Tensor | None = None
+    rd_randomize: Tensor | None = None
+
+
+@dataclass
+class Comparison:
+    names: list[str]  # one per image
+    steps: int
+    runs: dict[str, InitRun]
+    window: int = 10
+
+    def per_image_rows(self) -> list[dict]:
+        rows = []
+        for init, run in self.runs.items():
+            fixed = loss_at(run.history["loss"], [s for s in FIXED_STEPS if s <= self.steps], self.window)
+            for i, name in enumerate(self.names):
+                str_ = float(run.steps_to_reach[i])
+                row = {
+                    "image": name,
+                    "init": init,
+                    "final_loss": float(run.history["loss"][i, -1]),
+                    "final_loss_ma": float(loss_at(run.history["loss"][i : i + 1], [self.steps], self.window)[self.steps]),
+                    "final_distortion": float(run.history["distortion"][i, -1]),
+                    "final_sparsity": float(run.history["sparsity"][i, -1]),
+                    "steps_to_reach": str_ if math.isfinite(str_) else None,
+                    "speedup": self.steps / str_ if math.isfinite(str_) else 0.0,
+                    "seconds": run.seconds / len(self.names),
+                }
+                row.update({f"loss_at_{s}": float(v[i]) for s, v in fixed.items()})
+                rows.append(row)
+        return rows
+
+    def summary_rows(self) -> list[dict]:
+        rows = []
+        ones = self.runs.get("ones")
+        for init, run in self.runs.items():
+            per = [r for r in self.per_image_rows() if r["init"] == init]
+            speed = [r["speedup"] for r in per]
+            row = {
+                "init": init,
+                "images": len(per),
+                "final_loss": statistics.mean(r["final_loss_ma"] for r in per),
+                "final_distortion": statistics.mean(r["final_distortion"] for r in per),
+                "final_sparsity": statistics.mean(r["final_sparsity"] for r in per),
+                "median_steps_to_reach": _median_or_none([r["steps_to_reach"] or math.inf for r in per]),
+                "median_speedup": statistics.median(speed),
+                "speedup_q25": float(np.quantile(speed, 0.25)),
+                "speedup_q75": float(np.quantile(speed, 0.75)),
+                "seconds_per_image": run.seconds / len(per),
+            }
+            if ones is not None:
+                row["wall_speedup_at_reach"] = _wall_speedup(run, ones, self.steps)
+            rows.append(row)
+        return rows
+
+    def save(self, out: str | Path) -> dict[str, Path]:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"per_image_csv": out / "per_image.csv", "summary_csv": out / "summary.csv", "json": out / "comparison.json"}
+        _write_csv(paths["per_image_csv"], self.per_image_rows())
+        _write_csv(paths["summary_csv"], self.summary_rows())
+        curves = {k: {h: v.tolist() for h, v in r.history.items() if h != "spatial"} for k, r in self.runs.items()}
+        rd = {
+            k: {"fractions": list(RD_FRACTIONS), "keep": _tolist(r.rd_keep), "randomize": _tolist(r.rd_randomize)}
+            for k, r in self.runs.items()
+        }
+        payload = {
+            "steps": self.steps,
+            "window": self.window,
+            "images": self.names,
+            "summary": self.summary_rows(),
+            "per_image": self.per_image_rows(),
+            "curves": curves,
+            "rate_distortion": rd,
+        }
+        paths["json"].write_text(json.dumps(payload, indent=1))
+        return paths
+
+    def format_table(self) -> str:
+        head = f"{'init':<10} {'final loss':>10} {'distortion':>10} {'sparsity':>9} {'steps->ones@N':>14} {'speedup (q25-q75)':>20} {'s/image':>8}"
+        lines = [head, "-" * len(head)]
+        for r in self.summary_rows():
+            reach = "never" if r["median_steps_to_reach"] is None else f"{r['median_steps_to_reach']:.0f}"
+            spd = f"{r['median_speedup']:.1f}x ({r['speedup_q25']:.1f}-{r['speedup_q75']:.1f})"
+            lines.append(
+                f"{r['init']:<10} {r['final_loss']:>10.4f} {r['final_distortion']:>10.4f} {r['final_sparsity']:>9.4f} "
+                f"{reach:>14} {spd:>20} {r['seconds_per_image']:>8.1f}"
+            )
+        return "\n".join(lines)
+
+
+def compare_inits(
+    explainer: CartoonX,
+    images: Tensor,
+    inits: dict[str, InitSpec | InitFactory],
+    steps: int,
+    names: Sequence[str] | None = None,
+    seed: int = 0,
+    rate_distortion: bool = True,
+    rd_samples: int = 8,
+    show_progress: bool = False,
+    window: int = 10,
+) -> Comparison:
+    """Run every init on ``images`` with the same seeds; ``ones`` is added as the reference if absent.
+
+    ``inits`` maps a label to an init spec accepted by :meth:`CartoonX.explain` or to a callable
+    ``images -> (B, k)`` (e.g. a learned initializer); the callable's time counts toward the init's wall time.
+    """
+    inits = {"ones": inits.get("ones", "ones"), **inits}
+    names = list(names) if names is not None else [f"image{i}" for i in range(len(images))]
+    runs: dict[str, InitRun] = {}
+    for label, spec in inits.items():
+        start = time.perf_counter()
+        init = spec(images) if callable(spec) else spec
+        init_seconds = time.perf_counter() - start
+        res = explainer.explain(images, init=init, steps=steps, seed=seed, show_progress=show_progress)
+        runs[label] = InitRun(label, res.history, res.mask, time.perf_counter() - start, init_seconds)
+    ref = reference_level(runs["ones"].history["loss"], window)
+    for run in runs.values():
+        run.steps_to_reach = steps_to_reach(run.history["loss"], ref, window)
+        if rate_distortion:
+            run.rd_keep = rate_distortion_curve(explainer, images, run.mask.to(images.device), RD_FRACTIONS, "keep", rd_samples, seed)
+            run.rd_randomize = rate_distortion_curve(
+                explainer, images, run.mask.to(images.device), RD_FRACTIONS, "randomize", rd_samples, seed
+            )
+    return Comparison(names, steps, runs, window)
+
+
+def plot_comparison(comparison: Comparison, out: str | Path) -> list[Path]:
+    """Loss curves (mean and quartile band over images, and per image) and rate-distortion curves."""
+    from matplotlib.figure import Figure
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    colors = dict(zip(comparison.runs, ["#444444", "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"]))
+    paths = []
+
+    fig = Figure(figsize=(11, 4.2), dpi=110)
+    ax, ax_rd = fig.subplots(1, 2)
+    x = np.arange(1, comparison.steps + 1)
+    for label, run in comparison.runs.items():
+        loss = run.history["loss"].numpy()
+        q25, med, q75 = np.quantile(loss, [0.25, 0.5, 0.75], axis=0)
+        ax.plot(x, med, color=colors[label], label=f"{label} (median)")
+        ax.fill_between(x, q25, q75, color=colors[label], alpha=0.2, lw=0)
+    ref = float(np.median(reference_level(comparison.runs["ones"].history["loss"], comparison.window).numpy()))
+    ax.axhline(ref, color="k", ls=":", lw=1, label=f"ones@{comparison.steps} (10-step avg)")
+    ax.set(yscale="log", xlabel="Adam step", ylabel="loss = distortion + λ·‖s‖₁/k",
+           title=f"Loss over {len(comparison.names)} image(s): median and quartiles")
+    ax.legend(fontsize=8)
+    for label, run in comparison.runs.items():
+        if run.rd_keep is not None:
+            ax_rd.plot(RD_FRACTIONS, run.rd_keep.mean(0).cpu().numpy(), "o-", color=colors[label], ms=3, label=f"{label}: keep top")
+            ax_rd.plot(RD_FRACTIONS, run.rd_randomize.mean(0).cpu().numpy(), "s--", color=colors[label], ms=3, alpha=0.6,
+                       label=f"{label}: randomize top")
+    ax_rd.set(xscale="symlog", xlabel="fraction of coefficients (most relevant first)", ylabel="distortion",
+              title="Rate-distortion of the final masks")
+    ax_rd.set_xscale("symlog", linthresh=0.01)
+    ax_rd.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out / "loss_curves.png")
+    fig.savefig(paths[-1])
+
+    n = len(comparison.names)
+    cols = min(4, n)
+    rows = math.ceil(n / cols)
+    fig = Figure(figsize=(3.2 * cols, 2.6 * rows), dpi=100)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for i, name in enumerate(comparison.names):
+        for label, run in comparison.runs.items():
+            axes[i].plot(x, run.history["loss"][i].numpy(), color=colors[label], lw=0.8, label=label)
+        axes[i].set(yscale="log", title=name[:32])
+        axes[i].tick_params(labelsize=7)
+    for j in range(n, len(axes)):
+        axes[j].axis("off")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(out / "loss_curves_per_image.png")
+    fig.savefig(paths[-1])
+    return paths
+
+
+def _median_or_none(values: list[float]) -> float | None:
+    m = statistics.median(values)
+    return None if math.isinf(m) else m
+
+
+def _wall_speedup(run: InitRun, ones: InitRun, steps: int) -> float:
+    """Wall-time speedup to reach the ones@N level: ones' time for N steps over this init's time to its median steps-to-reach."""
+    reach = statistics.median(run.steps_to_reach.tolist())
+    if not math.isfinite(reach) or run.seconds <= 0:
+        return 0.0
+    per_step = (run.seconds - run.init_seconds) / steps
+    return ones.seconds / (run.init_seconds + per_step * reach)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _tolist(t: Tensor | None) -> list | None:
+    return None if t is None else t.cpu().tolist()
