@@ -7,7 +7,8 @@ Losses (any combination, by weight):
   optimization: no targets needed), with a training-only barrier on the lost log-probability of the
   class and a capped lambda, the settings that kept the scouting run from collapsing.
 
-Batches are dicts with ``image`` ``(B, 3, H, W)`` and optionally ``mask`` ``(B, k)`` and ``final_loss`` ``(B,)``.
+Batches are dicts with ``image`` ``(B, 3, H, W)`` and optionally ``mask`` ``(B, k)``, ``final_loss`` ``(B,)``
+and ``has_mask`` ``(B,)`` (rows without a target only feed the objective term).
 """
 
 from __future__ import annotations
@@ -102,10 +103,10 @@ class MaskInitializer(L.LightningModule):
         layout = self.net.layout(images.shape[2], images.shape[3])
         total = pred.new_zeros(())
         logs: dict[str, Tensor] = {}
-        target = batch.get("mask")
-        if target is not None and self.hparams.supervised_weight > 0:
+        rows = _target_rows(batch)
+        if rows is not None and bool(rows.any()) and self.hparams.supervised_weight > 0:
             sup, per_scale = risk_averse_mask_loss(
-                pred, target, layout, self.hparams.under_weight, self.hparams.scale_weights
+                pred[rows], batch["mask"][rows], layout, self.hparams.under_weight, self.hparams.scale_weights
             )
             total = total + self.hparams.supervised_weight * sup
             logs["supervised"] = sup
@@ -133,17 +134,21 @@ class MaskInitializer(L.LightningModule):
         images = batch["image"]
         _, pred = self.model_step(batch, "val")
         n = len(images)
-        if "mask" in batch:
+        rows = _target_rows(batch)
+        if rows is not None and bool(rows.any()):
             layout = self.net.layout(images.shape[2], images.shape[3])
-            for name, err in per_scale_abs_error(pred, batch["mask"], layout).items():
-                self.log(f"val/mae_{name}", err, batch_size=n)
+            for name, err in per_scale_abs_error(pred[rows], batch["mask"][rows], layout).items():
+                self.log(f"val/mae_{name}", err, batch_size=int(rows.sum()))
         seeds = [10_000 + batch_idx * n + i for i in range(n)]
         zero = self.explainer().objective(images, pred, num_samples=self.hparams.val_samples, seed=seeds)["loss"]
         self.log("val/rde_loss_learned", zero.mean(), batch_size=n, prog_bar=True)
         self.log("val/rde_loss_ones", torch.full_like(zero, self.preset.lam).mean(), batch_size=n)
-        if "final_loss" in batch:
-            self.log("val/rde_loss_target", batch["final_loss"].float().mean(), batch_size=n)
-            self.log("val/zero_step_ratio", (zero / batch["final_loss"].float()).mean(), batch_size=n)
+        if rows is not None and bool(rows.any()) and "final_loss" in batch:
+            final = batch["final_loss"].float()[rows]
+            m = int(rows.sum())
+            self.log("val/rde_loss_learned_on_targets", zero[rows].mean(), batch_size=m)
+            self.log("val/rde_loss_target", final.mean(), batch_size=m)
+            self.log("val/zero_step_ratio", (zero[rows] / final).mean(), batch_size=m)
         have = sum(len(x) for x in self._refine_batch)
         if have < self.hparams.refine_images:
             self._refine_batch.append(images[: self.hparams.refine_images - have].detach().clone())
@@ -167,6 +172,15 @@ class MaskInitializer(L.LightningModule):
     # -- checkpoints -----------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = checkpoint_metadata(self)
+
+
+def _target_rows(batch: dict[str, Tensor]) -> Tensor | None:
+    """Boolean ``(B,)``: which rows carry an exact target (all rows for shard batches)."""
+    if "mask" not in batch:
+        return None
+    if "has_mask" in batch:
+        return batch["has_mask"].bool()
+    return torch.ones(len(batch["mask"]), dtype=torch.bool, device=batch["mask"].device)
 
 
 def checkpoint_metadata(module: MaskInitializer) -> dict[str, Any]:

@@ -12,8 +12,9 @@ from amortized.module import MaskInitializer
 
 class InitializerCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        # The data's image size and layout follow the model's preset: one value, linked once.
+        # The data's image size, layout and classifier follow the model's: one value each, linked once.
         parser.link_arguments("model.preset", "data.init_args.preset")
+        parser.link_arguments("model.classifier", "data.init_args.classifier")
 
 
 def cli_main(args: Sequence[str] | None = None, run: bool = True) -> InitializerCLI:
