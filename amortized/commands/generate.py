@@ -8,8 +8,10 @@ OUT/manifest.json summarizing config, shards, counts and failed images.
 Rerun the same command to resume: finished samples are skipped and partial shards of a killed run are
 discarded. A directory holding shards of a different configuration is refused.
 
-Several GPUs or nodes (each rank writes its own shards):
-  cartoonx generate DATA --out OUT --accelerator gpu --devices 8 [--num-nodes 2] --batch-size 32 --shard-size 1000
+Several GPUs (each rank writes its own shard series; Lightning starts the processes):
+  cartoonx generate DATA --out OUT --accelerator gpu --devices 8 --batch-size 32 --shard-size 1000 --num-workers 4
+Several nodes: run the same command on every node with --num-nodes N, under SLURM (srun --ntasks-per-node 8)
+or with MASTER_ADDR, MASTER_PORT and NODE_RANK set; OUT must be a shared file system.
 """
 
 from __future__ import annotations
@@ -59,7 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=_positive_int, help="image side in pixels (default: the preset's)")
     parser.add_argument("--samples-per-call", type=_positive_int, help="cap on obfuscations per classifier call (memory)")
     parser.add_argument("--seed", type=int, default=0, help="base noise seed; per image it is hashed with the key (default: 0)")
-    parser.add_argument("--batch-size", type=_positive_int, default=4, help="images optimized together (default: %(default)s)")
+    parser.add_argument(
+        "--batch-size", type=_positive_int, default=1,
+        help="images optimized together; pays off on a GPU (e.g. 32), not on a CPU (default: %(default)s)",
+    )
     parser.add_argument("--shard-size", type=_positive_int, default=8, help="samples per shard (default: %(default)s)")
     parser.add_argument("--no-compress", dest="compress", action="store_false", help="write .tar instead of .tar.gz")
     parser.add_argument("--limit", type=_positive_int, help="only the first N images of the fixed hash order")
