@@ -50,6 +50,25 @@ class Comparison:
     runs: dict[str, InitRun]
     window: int = 10
 
+    @staticmethod
+    def concat(parts: Sequence[Comparison]) -> Comparison:
+        """Join comparisons of disjoint image batches (same inits and steps)."""
+        first = parts[0]
+        runs = {}
+        for label in first.runs:
+            rs = [p.runs[label] for p in parts]
+            runs[label] = InitRun(
+                label,
+                {h: torch.cat([r.history[h] for r in rs]) for h in first.runs[label].history},
+                torch.cat([r.mask.cpu() for r in rs]),
+                sum(r.seconds for r in rs),
+                sum(r.init_seconds for r in rs),
+                torch.cat([r.steps_to_reach for r in rs]),
+                None if rs[0].rd_keep is None else torch.cat([r.rd_keep.cpu() for r in rs]),
+                None if rs[0].rd_randomize is None else torch.cat([r.rd_randomize.cpu() for r in rs]),
+            )
+        return Comparison([n for p in parts for n in p.names], first.steps, runs, first.window)
+
     def per_image_rows(self) -> list[dict]:
         rows = []
         for init, run in self.runs.items():

@@ -1,0 +1,100 @@
+"""Compare initial masks for CartoonX: loss curves, steps-to-reach, speedup and rate-distortion curves.
+
+Every init runs the exact optimizer for N steps on the same images with the same noise seeds. Writes
+OUT/loss_curves.png (median and quartiles over images, and rate-distortion curves),
+OUT/loss_curves_per_image.png, OUT/summary.csv, OUT/per_image.csv and OUT/comparison.json, and
+prints the summary table. ``learned`` uses --checkpoint, or the initializer bundled for the model
+and preset.
+
+Examples:
+  cartoonx compare examples/ --inits ones,learned --steps 100
+  cartoonx compare ../shared/data/imagenet-sample --split val --limit 20 --inits ones,learned,preopt
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DATASET", help="image files, directories, or a dataset")
+    parser.add_argument("--inits", default="ones,learned", help="comma-separated: ones, learned, const:C, random, preopt")
+    parser.add_argument("--steps", type=int, help="Adam steps N (default: the preset's)")
+    parser.add_argument("--model", default="efficientnet_lite0", help="classifier (default: %(default)s)")
+    parser.add_argument("--preset", default="cpu", help="optimizer preset (default: %(default)s)")
+    parser.add_argument("--checkpoint", type=Path, help="initializer checkpoint for 'learned' (default: the bundled one)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed shared by all inits (default: 0)")
+    parser.add_argument("--split", choices=("all", "train", "val"), default="all",
+                        help="for a dataset: the hash split to use (val = images the bundled initializer never saw)")
+    parser.add_argument("--val-fraction", type=float, default=1 / 8, help="validation fraction of the hash split")
+    parser.add_argument("--limit", type=int, help="use only the first N images")
+    parser.add_argument("--batch-size", type=int, default=1, help="images optimized together (default: 1)")
+    parser.add_argument("--no-rate-distortion", action="store_true", help="skip the rate-distortion curves")
+    parser.add_argument("--out", type=Path, default=Path("outputs/compare"), help="output directory")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+
+
+def run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+    from tqdm.auto import tqdm
+
+    import rde
+    from amortized.commands.explain import expand_inputs, resolve_device
+    from amortized.compare import Comparison, compare_inits, plot_comparison
+    from rde.init import parse_init
+    from rde.io import ImageLoadError, load_image, preprocess
+
+    device = resolve_device(args.device)
+    preset = rde.load_preset(args.preset)
+    steps = preset.steps if args.steps is None else args.steps
+    if steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {steps}")
+    labels = [s.strip() for s in args.inits.split(",") if s.strip()]
+    for label in labels:
+        if label != "learned":
+            parse_init(label)
+
+    if args.split != "all":
+        from amortized.datasets import list_images
+
+        paths = [item.path for item in list_images(args.inputs, args.split, args.val_fraction)]
+    else:
+        paths, errors = expand_inputs(args.inputs)
+        for message in errors:
+            print(f"cartoonx compare: {message}", file=sys.stderr)
+    paths = paths[: args.limit]
+    images, names = [], []
+    for path in paths:
+        try:
+            images.append(preprocess(load_image(path), preset.image_size))
+            names.append(Path(path).stem)
+        except ImageLoadError as e:
+            print(f"cartoonx compare: skipping {e}", file=sys.stderr)
+    if not images:
+        raise ValueError("no readable images to compare")
+
+    explainer = rde.CartoonX(rde.create_classifier(args.model, device=device), preset)
+    inits: dict = {label: label for label in labels}
+    if "learned" in labels:
+        from amortized.initializer import LearnedInitializer, bundled_checkpoint
+
+        ckpt = args.checkpoint or bundled_checkpoint(args.model, preset.name)
+        learned = LearnedInitializer.from_checkpoint(ckpt, args.model, preset, device=device)
+        inits["learned"] = lambda x: learned(x, explainer, seed=args.seed)
+
+    parts = []
+    batch = max(1, args.batch_size)
+    for start in tqdm(range(0, len(images), batch), desc="compare", unit="batch"):
+        x = torch.stack(images[start : start + batch]).to(device)
+        parts.append(compare_inits(explainer, x, inits, steps, names[start : start + batch], seed=args.seed,
+                                   rate_distortion=not args.no_rate_distortion))
+    comparison = Comparison.concat(parts)
+    files = comparison.save(args.out)
+    figures = plot_comparison(comparison, args.out)
+    print(comparison.format_table())
+    print(f"wrote {', '.join(str(p) for p in [*files.values(), *figures])}")
+    return 0

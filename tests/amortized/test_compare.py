@@ -1,0 +1,101 @@
+"""The learned init end to end: checkpoint loading and refusal, the guard, and `cartoonx compare` on tiny models."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import lightning as L
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from amortized.cli import main
+from amortized.initializer import CheckpointMismatchError, LearnedInitializer, check_compatible
+from amortized.module import CHECKPOINT_KEY, MaskInitializer
+from rde import CartoonX, create_classifier, load_preset
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
+    model = MaskInitializer(classifier="tiny-test", preset="tiny", width=4, decoder_width=8, refine_steps=0)
+    k = model.net.layout(64, 64).num_entries
+    data = DataLoader([{"image": torch.rand(3, 64, 64), "mask": torch.rand(k)} for _ in range(2)], batch_size=2)
+    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer.fit(model, data)
+    trainer.save_checkpoint(path)
+    return path
+
+
+def test_learned_init_loads_and_predicts_a_valid_mask(tiny_checkpoint):
+    init = LearnedInitializer.from_checkpoint(tiny_checkpoint, "tiny-test", "tiny")
+    explainer = CartoonX(create_classifier("tiny-test"), "tiny")
+    images = torch.rand(3, 3, 64, 64)
+    mask = init(images, explainer)
+    assert mask.shape == (3, explainer.representation(64, 64, torch.device("cpu")).layout.num_entries)
+    assert float(mask.min()) >= 0.1 - 1e-6 and float(mask.max()) <= 1.0
+    result = explainer.explain(images, init=mask, steps=2)
+    assert result.history["loss"].shape == (3, 2)
+
+
+@pytest.mark.parametrize("classifier,preset,message", [
+    ("efficientnet_lite0", "tiny", "classifier 'tiny-test'"),
+    ("tiny-test", "cpu", "image_size 64"),
+])
+def test_mismatched_checkpoint_is_refused(tiny_checkpoint, classifier, preset, message):
+    with pytest.raises(CheckpointMismatchError, match=message):
+        LearnedInitializer.from_checkpoint(tiny_checkpoint, classifier, preset)
+
+
+def test_other_objective_is_refused(tiny_checkpoint):
+    meta = torch.load(tiny_checkpoint, weights_only=False)[CHECKPOINT_KEY]
+    with pytest.raises(CheckpointMismatchError, match="lam"):
+        check_compatible(meta, "tiny-test", load_preset("tiny").replace(lam=5.0))
+    check_compatible(meta, "tiny-test", load_preset("tiny").replace(steps=3))  # steps don't matter
+
+
+def test_not_a_checkpoint(tmp_path):
+    bad = tmp_path / "x.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="x.ckpt"):
+        LearnedInitializer.from_checkpoint(bad, "tiny-test", "tiny")
+    with pytest.raises(FileNotFoundError):
+        LearnedInitializer.from_checkpoint(tmp_path / "missing.ckpt", "tiny-test", "tiny")
+
+
+def test_guard_backs_off_when_the_mask_destroys_the_class(tiny_checkpoint):
+    init = LearnedInitializer.from_checkpoint(tiny_checkpoint, "tiny-test", "tiny", guard_keep=2.0, guard_max_steps=3)
+    explainer = CartoonX(create_classifier("tiny-test"), "tiny")
+    images = torch.rand(2, 3, 64, 64)
+    raw = init(images)
+    guarded = init(images, explainer)
+    # An unreachable keep-ratio forces every back-off step: m -> 1 - 0.7^3 (1 - m).
+    assert torch.allclose(guarded, 1 - 0.7**3 * (1 - raw), atol=1e-5)
+    assert init.last_backoffs.tolist() == [3, 3]
+
+
+def test_compare_end_to_end(tmp_path, tiny_checkpoint):
+    for i in range(2):
+        Image.fromarray((torch.rand(80, 90, 3) * 255).byte().numpy()).save(tmp_path / f"img{i}.png")
+    out = tmp_path / "cmp"
+    code = main(["compare", str(tmp_path / "img0.png"), str(tmp_path / "img1.png"), "--model", "tiny-test",
+                 "--preset", "tiny", "--steps", "12", "--inits", "ones,learned,const:0.5",
+                 "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--device", "cpu"])
+    assert code == 0
+    for name in ("loss_curves.png", "loss_curves_per_image.png", "summary.csv", "per_image.csv", "comparison.json"):
+        assert (out / name).stat().st_size > 0, name
+    rows = list(csv.DictReader((out / "summary.csv").open()))
+    assert [r["init"] for r in rows] == ["ones", "learned", "const:0.5"]
+    ones = rows[0]
+    assert float(ones["median_steps_to_reach"]) == 12 and float(ones["median_speedup"]) == 1.0
+    data = json.loads((out / "comparison.json").read_text())
+    assert len(data["curves"]["learned"]["loss"]) == 2 and len(data["curves"]["learned"]["loss"][0]) == 12
+    assert len(data["rate_distortion"]["ones"]["keep"][0]) == len(data["rate_distortion"]["ones"]["fractions"])
+
+
+def test_compare_rejects_unknown_init(tmp_path, capsys):
+    assert main(["compare", str(tmp_path), "--inits", "ones,bogus", "--model", "tiny-test", "--preset", "tiny"]) == 2
+    assert "bogus" in capsys.readouterr().err
