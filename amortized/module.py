@@ -34,7 +34,7 @@ class MaskInitializer(L.LightningModule):
     Args:
         classifier: registry name of the frozen classifier the masks explain.
         preset: the optimizer preset the targets were generated with (sets image size, wavelet, lambda).
-        width, decoder_width, floor, coefficient_inputs: :class:`MaskNet` architecture.
+        width, decoder_width, floor, coefficient_inputs, init_bias: :class:`MaskNet` architecture.
         lr, weight_decay: AdamW.
         under_weight: risk aversion; under-predicting a coefficient costs this many times more.
         scale_weights: per-scale weights of the supervised loss (lowpass, level 1 ... level J); default equal.
@@ -57,6 +57,7 @@ class MaskInitializer(L.LightningModule):
         decoder_width: int = 32,
         floor: float = 0.1,
         coefficient_inputs: bool = True,
+        init_bias: float = 2.0,
         lr: float = 2e-3,
         weight_decay: float = 1e-4,
         under_weight: float = 4.0,
@@ -74,7 +75,7 @@ class MaskInitializer(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.preset = load_preset(preset)
-        self.net = MaskNet(self.preset.wavelet, width, decoder_width, floor, coefficient_inputs)
+        self.net = MaskNet(self.preset.wavelet, width, decoder_width, floor, coefficient_inputs, init_bias)
         self._explainers: dict[tuple[float, str], CartoonX] = {}
         self._refine_batch: list[Tensor] = []
 

@@ -34,6 +34,8 @@ class MaskNet(nn.Module):
         decoder_width: channels of the top-down features and the heads.
         floor: smallest value the network can output.
         coefficient_inputs: feed each head the wavelet magnitudes of its level (ablation switch).
+        init_bias: initial head bias; 2.0 starts every prediction near ``floor + 0.88 (1 - floor)``, close
+            to the all-ones start the exact optimizer is safe from, with sigmoid gradients still alive.
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class MaskNet(nn.Module):
         decoder_width: int = 32,
         floor: float = 0.1,
         coefficient_inputs: bool = True,
+        init_bias: float = 2.0,
     ) -> None:
         super().__init__()
         if not 0.0 <= floor < 1.0:
@@ -61,15 +64,15 @@ class MaskNet(nn.Module):
         self.stages = nn.ModuleList(stages)
         self.lateral = nn.ModuleList(nn.Conv2d(c, decoder_width, 1) for c in chans)
         extra = 3 if coefficient_inputs else 0
-        self.heads = nn.ModuleList(self._head(decoder_width + extra, 3) for _ in range(levels))
-        self.lowpass_head = self._head(decoder_width + (1 if coefficient_inputs else 0), 1)
+        self.heads = nn.ModuleList(self._head(decoder_width + extra, 3, init_bias) for _ in range(levels))
+        self.lowpass_head = self._head(decoder_width + (1 if coefficient_inputs else 0), 1, init_bias)
         self._representations: dict[tuple[int, int], WaveletRepresentation] = {}
 
     @staticmethod
-    def _head(cin: int, cout: int) -> nn.Sequential:
+    def _head(cin: int, cout: int, bias: float) -> nn.Sequential:
         head = nn.Sequential(nn.Conv2d(cin, cin, 3, 1, 1), nn.ReLU(inplace=True), nn.Conv2d(cin, cout, 1))
         nn.init.zeros_(head[-1].weight)
-        nn.init.constant_(head[-1].bias, 0.0)
+        nn.init.constant_(head[-1].bias, bias)
         return head
 
     def layout(self, height: int, width: int) -> MaskLayout:

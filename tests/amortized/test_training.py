@@ -41,7 +41,7 @@ def _trainer(tmp_path: Path, **kw) -> L.Trainer:
 
 def test_overfits_a_handful_of_targets(tmp_path):
     torch.manual_seed(0)
-    model = MaskInitializer(**TINY_MODEL, floor=0.0, lr=1e-2, refine_steps=0, under_weight=1.0)
+    model = MaskInitializer(**TINY_MODEL, floor=0.0, init_bias=0.0, lr=1e-2, refine_steps=0, under_weight=1.0)
     k = model.net.layout(64, 64).num_entries
     data = DataLoader(_synthetic(4, k), batch_size=4)
     batch = next(iter(data))
@@ -62,7 +62,7 @@ def test_risk_averse_loss_pushes_predictions_up(tmp_path):
     means = {}
     for w in (1.0, 16.0):
         torch.manual_seed(0)
-        model = MaskInitializer(**TINY_MODEL, floor=0.0, lr=1e-2, refine_steps=0, under_weight=w)
+        model = MaskInitializer(**TINY_MODEL, floor=0.0, init_bias=0.0, lr=1e-2, refine_steps=0, under_weight=w)
         k = model.net.layout(64, 64).num_entries
         data = DataLoader(_synthetic(4, k), batch_size=4)
         _trainer(tmp_path, max_steps=60, limit_val_batches=0).fit(model, data)
