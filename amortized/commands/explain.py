@@ -1,0 +1,272 @@
+"""Explain images with CartoonX (or Pixel RDE) and write one figure, mask and metadata file per image.
+
+Each IMAGE is a file, or a directory whose image files are explained in sorted order. For an image
+``<stem>.<ext>`` the command writes ``OUT/<stem>.png`` (input, explanation, loss curves),
+``OUT/<stem>.npz`` (mask, explanation image, loss history) and ``OUT/<stem>.json`` (class, probability,
+mask layout, loss history, full configuration), and prints one summary line. Files that cannot be read
+as images are reported on stderr and skipped; the exit code is then 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterator
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+    from rde.init import InitSpec
+    from rde.layout import MaskLayout
+
+METHODS = ("cartoonx", "pixel-rde")
+InitFn = Callable[["Tensor"], "InitSpec"]
+
+
+def _int_at_least(low: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or directories of images")
+    parser.add_argument(
+        "--model",
+        default="efficientnet_lite0",
+        help="classifier: a registered name (efficientnet_lite0, tiny-test), a torchvision model name with "
+        "cached weights, or package.module:callable (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--preset", default="cpu", help="optimizer preset: cpu, paper, tiny, or a YAML file (default: %(default)s)"
+    )
+    parser.add_argument("--steps", type=_int_at_least(0), help="Adam steps (default: the preset's)")
+    parser.add_argument(
+        "--init",
+        default="ones",
+        help="initial mask: ones, const:C, random, preopt, or a PATH.npz written by this command "
+        "(default: %(default)s)",
+    )
+    parser.add_argument("--lam", type=_non_negative_float, help="sparsity weight lambda (default: the preset's)")
+    parser.add_argument("--num-samples", type=_int_at_least(1), help="noise samples L per step (default: the preset's)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed, the same for every image (default: 0)")
+    parser.add_argument("--out", type=Path, default=Path("explanations"), help="output directory (default: %(default)s)")
+    parser.add_argument(
+        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if available, else cpu"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_int_at_least(1),
+        default=1,
+        help="images optimized together; pays off on a GPU, not on a CPU (default: %(default)s)",
+    )
+    parser.add_argument("--method", choices=METHODS, default="cartoonx", help="default: %(default)s")
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> cuda if available, else cpu; ``cuda`` without a GPU is an error."""
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: CUDA is not available on this machine (use --device cpu or auto)")
+    return torch.device(name)
+
+
+def resolve_init(spec: str, layout: MaskLayout, args: argparse.Namespace) -> InitFn:
+    """Turn ``--init`` into a function from a batch of images ``(B, 3, H, W)`` to an ``init`` for ``explain``.
+
+    Named inits (``ones``, ``const:C``, ``random``, ``preopt``) pass through; ``PATH.npz`` loads a mask
+    saved by this command (its layout must equal ``layout``). Raises ``ValueError`` for anything else.
+    """
+    from rde.init import parse_init
+
+    if spec == "learned":
+        raise ValueError(
+            "--init learned is not available yet: the amortized initializer is not part of this version; "
+            "use ones, const:C, random, preopt or a PATH.npz"
+        )
+    if spec.endswith(".npz"):
+        mask = _load_init_mask(Path(spec), layout)
+        return lambda images: mask.to(images.device).unsqueeze(0).expand(images.shape[0], -1)
+    parse_init(spec)
+    return lambda images: spec
+
+
+def _load_init_mask(path: Path, layout: MaskLayout) -> Tensor:
+    from rde.explanation import Explanation
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--init {path}: no such file")
+    try:
+        saved_layout, mask, _ = Explanation.load_mask(path)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"--init {path}: needs the {path.with_suffix('.json').name} written beside it ({e})")
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f"--init {path}: not a mask written by 'cartoonx explain' ({e})") from None
+    if saved_layout.signature != layout.signature:
+        raise ValueError(
+            f"--init {path}: its mask layout is {saved_layout.signature}, but this run uses {layout.signature}"
+        )
+    return mask.float()
+
+
+def image_suffixes() -> set[str]:
+    """File suffixes of the formats PIL can open (lower case, with the dot)."""
+    from PIL import Image
+
+    Image.init()
+    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+def expand_inputs(items: list[str]) -> tuple[list[Path], list[str]]:
+    """Files as given, directories replaced by their image files (sorted). Returns ``(paths, errors)``."""
+    suffixes = image_suffixes()
+    paths, errors = [], []
+    for item in items:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(
+                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")
+            )
+            if not found:
+                errors.append(f"{path}: directory contains no image files")
+            paths.extend(found)
+        else:
+            paths.append(path)
+    return paths, errors
+
+
+def _batches(
+    paths: list[Path], size: int, batch_size: int, on_error: Callable[[Path, str], None]
+) -> Iterator[tuple[list[Path], Tensor]]:
+    """Yield ``(paths, images (B, 3, size, size))``; files that fail to load go to ``on_error`` and are skipped."""
+    import torch
+
+    from rde.io import ImageLoadError, load_image, preprocess
+
+    good, tensors = [], []
+    for path in paths:
+        try:
+            tensors.append(preprocess(load_image(path), size))
+            good.append(path)
+        except ImageLoadError as e:
+            on_error(path, str(e))
+        if len(good) == batch_size:
+            yield good, torch.stack(tensors)
+            good, tensors = [], []
+    if good:
+        yield good, torch.stack(tensors)
+
+
+def _unique_stem(path: Path, used: set[str]) -> str:
+    stem, n = path.stem, 1
+    while stem in used:
+        n += 1
+        stem = f"{path.stem}-{n}"
+    used.add(stem)
+    return stem
+
+
+def run(args: argparse.Namespace) -> int:
+    # As in `cartoonx generate`: spin-waiting OpenMP threads make a shared, busy CPU many times slower.
+    # This only takes effect when torch is not imported yet (the console script).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from tqdm.auto import tqdm
+
+    import rde
+    from rde.plotting import plot_explanation
+    from rde.representation import create_representation
+
+    device = resolve_device(args.device)
+    preset = rde.load_preset(args.preset)
+    config = preset.replace(steps=args.steps, lam=args.lam, num_samples=args.num_samples)
+    method_cls = rde.CartoonX if args.method == "cartoonx" else rde.PixelRDE
+    size = config.image_size
+    layout = create_representation(method_cls.representation_kind, size, size, config.wavelet).layout
+    init_for = resolve_init(args.init, layout, args)
+    if args.out.exists() and not args.out.is_dir():
+        raise ValueError(f"--out {args.out}: exists and is not a directory")
+
+    paths, errors = expand_inputs(args.images)
+    for message in errors:
+        print(f"cartoonx explain: {message}", file=sys.stderr)
+    failed = len(errors)
+    if not paths:
+        return 1
+    classifier = rde.create_classifier(args.model, device=device)
+    explainer = method_cls(classifier, preset=config)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    bar = tqdm(total=len(paths), unit="image", desc="explain")
+
+    def on_error(path: Path, message: str) -> None:
+        nonlocal failed
+        failed += 1
+        tqdm.write(f"cartoonx explain: skipping {message}", file=sys.stderr)
+        bar.update(1)
+
+    used: set[str] = set()
+    done = 0
+    for batch_paths, images in _batches(paths, size, args.batch_size, on_error):
+        images = images.to(device)
+        start = time.perf_counter()
+        result = explainer.explain(images, init=init_for(images), seed=args.seed, show_progress=True)
+        seconds = (time.perf_counter() - start) / len(batch_paths)
+        for i, path in enumerate(batch_paths):
+            one = result[i]
+            one.config = {
+                **result.config,
+                "model": args.model,
+                "preset_name": preset.name,
+                "init": args.init,
+                "seed": args.seed,
+                "device": str(device),
+                "batch_size": args.batch_size,
+                "image": str(path),
+            }
+            stem = _unique_stem(path, used)
+            base = args.out / stem
+            _, json_path = one.save(base)
+            _add_to_json(json_path, history={k: v[0].tolist() for k, v in one.history.items()}, seconds=seconds)
+            plot_explanation(one, 0, base.with_suffix(".png"))
+            loss = f"{float(one.loss[0, -1]):.4g}" if one.loss.shape[1] else "n/a"
+            tqdm.write(
+                f"{path}: {one.class_names[0]} (class {int(one.targets[0])}) p={float(one.target_probs[0]):.3f} "
+                f"final loss {loss} in {seconds:.1f} s -> {base}.png"
+            )
+            done += 1
+            bar.update(1)
+    bar.close()
+    print(f"explained {done} of {done + failed} inputs into {args.out}" + (f"; {failed} failed" if failed else ""))
+    return 1 if failed else 0
+
+
+def _add_to_json(path: Path, **fields) -> None:
+    meta = json.loads(path.read_text())
+    meta.update(fields)
+    path.write_text(json.dumps(meta, indent=2, default=str))
