@@ -117,7 +117,7 @@ def test_bad_files_are_reported_and_skipped(tmp_path, capsys):
         ("--preset", "no-such-preset", "no-such-preset"),
         ("--preset", "missing-preset.yaml", "missing-preset.yaml"),
         ("--init", "sideways", "sideways"),
-        ("--init", "learned", "not available yet"),
+        ("--init", "learned", "no bundled initializer for classifier 'tiny-test'"),
         ("--init", "nowhere.npz", "nowhere.npz"),
     ],
 )
@@ -196,3 +196,15 @@ def test_explain_example_photo_with_efficientnet(tmp_path, capsys):
     assert len(loss) == 20 and loss[-1] < loss[0]
     assert (out / f"{photo.stem}.png").stat().st_size > 10_000
     assert "tench" in capsys.readouterr().out
+
+
+def test_init_learned_with_checkpoint(tmp_path, tiny_initializer_checkpoint):
+    photo = write_photo(tmp_path / "a.png", 0)
+    out = tmp_path / "out"
+    args = ["explain", str(photo), *TINY, "--init", "learned", "--checkpoint", str(tiny_initializer_checkpoint)]
+    assert main([*args, "--out", str(out)]) == 0
+    meta = json.loads((out / "a.json").read_text())
+    assert meta["config"]["init"] == "learned"
+    assert len(meta["history"]["loss"]) == 3  # a third of the tiny preset's 10 steps by default
+    assert main([*args, "--out", str(tmp_path / "pix"), "--method", "pixel-rde"]) == 2
+    assert main(["explain", str(photo), *TINY, "--checkpoint", str(tiny_initializer_checkpoint)]) == 2

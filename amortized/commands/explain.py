@@ -16,7 +16,7 @@ import sys
 import time
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 if TYPE_CHECKING:
     import torch
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from rde.layout import MaskLayout
 
 METHODS = ("cartoonx", "pixel-rde")
+LEARNED_STEPS_FRACTION = 1 / 3  # default refinement after a learned init, relative to the preset's steps
 InitFn = Callable[["Tensor"], "InitSpec"]
 
 
@@ -67,8 +68,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--init",
         default="ones",
-        help="initial mask: ones, const:C, random, preopt, or a PATH.npz written by this command "
-        "(default: %(default)s)",
+        help="initial mask: ones, const:C, random, preopt, learned (the amortized initializer; default steps: "
+        "a third of the preset's), or a PATH.npz written by this command (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--checkpoint", type=Path, help="initializer checkpoint for --init learned (default: the bundled one)"
     )
     parser.add_argument("--lam", type=_non_negative_float, help="sparsity weight lambda (default: the preset's)")
     parser.add_argument("--num-samples", type=_int_at_least(1), help="noise samples L per step (default: the preset's)")
@@ -97,19 +101,27 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_init(spec: str, layout: MaskLayout, args: argparse.Namespace) -> InitFn:
+def resolve_init(spec: str, layout: MaskLayout, args: argparse.Namespace, explainer: Any = None) -> InitFn:
     """Turn ``--init`` into a function from a batch of images ``(B, 3, H, W)`` to an ``init`` for ``explain``.
 
     Named inits (``ones``, ``const:C``, ``random``, ``preopt``) pass through; ``PATH.npz`` loads a mask
-    saved by this command (its layout must equal ``layout``). Raises ``ValueError`` for anything else.
+    saved by this command (its layout must equal ``layout``); ``learned`` predicts the mask with the
+    initializer in ``args.checkpoint`` (default: the one bundled for ``args.model`` and ``args.preset``),
+    guarded by ``explainer``. Raises ``ValueError`` for anything else.
     """
     from rde.init import parse_init
 
     if spec == "learned":
-        raise ValueError(
-            "--init learned is not available yet: the amortized initializer is not part of this version; "
-            "use ones, const:C, random, preopt or a PATH.npz"
-        )
+        if layout.kind != "wavelet":
+            raise ValueError("--init learned predicts CartoonX wavelet masks; it cannot initialize Pixel RDE")
+        from amortized.initializer import LearnedInitializer, bundled_checkpoint
+
+        checkpoint = getattr(args, "checkpoint", None) or bundled_checkpoint(args.model, args.preset)
+        device = explainer.classifier.mean.device if explainer is not None else "cpu"
+        learned = LearnedInitializer.from_checkpoint(checkpoint, args.model, explainer.config, device=device)
+        return lambda images: learned(images, explainer, seed=args.seed)
+    if getattr(args, "checkpoint", None) is not None:
+        raise ValueError("--checkpoint is only used with --init learned")
     if spec.endswith(".npz"):
         mask = _load_init_mask(Path(spec), layout)
         return lambda images: mask.to(images.device).unsqueeze(0).expand(images.shape[0], -1)
@@ -204,11 +216,15 @@ def run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     preset = rde.load_preset(args.preset)
-    config = preset.replace(steps=args.steps, lam=args.lam, num_samples=args.num_samples)
+    steps = args.steps
+    if steps is None and args.init == "learned":
+        steps = max(1, round(preset.steps * LEARNED_STEPS_FRACTION))
+    config = preset.replace(steps=steps, lam=args.lam, num_samples=args.num_samples)
     method_cls = rde.CartoonX if args.method == "cartoonx" else rde.PixelRDE
     size = config.image_size
     layout = create_representation(method_cls.representation_kind, size, size, config.wavelet).layout
-    init_for = resolve_init(args.init, layout, args)
+    if args.init != "learned":
+        init_for = resolve_init(args.init, layout, args)
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out}: exists and is not a directory")
 
@@ -220,6 +236,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     classifier = rde.create_classifier(args.model, device=device)
     explainer = method_cls(classifier, preset=config)
+    if args.init == "learned":
+        init_for = resolve_init(args.init, layout, args, explainer)
     args.out.mkdir(parents=True, exist_ok=True)
 
     bar = tqdm(total=len(paths), unit="image", desc="explain")

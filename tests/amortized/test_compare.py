@@ -5,29 +5,19 @@ from __future__ import annotations
 import csv
 import json
 
-import lightning as L
 import pytest
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
 from amortized.cli import main
 from amortized.initializer import CheckpointMismatchError, LearnedInitializer, check_compatible
-from amortized.module import CHECKPOINT_KEY, MaskInitializer
+from amortized.module import CHECKPOINT_KEY
 from rde import CartoonX, create_classifier, load_preset
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.ckpt"
-    model = MaskInitializer(classifier="tiny-test", preset="tiny", width=4, decoder_width=8, refine_steps=0)
-    k = model.net.layout(64, 64).num_entries
-    data = DataLoader([{"image": torch.rand(3, 64, 64), "mask": torch.rand(k)} for _ in range(2)], batch_size=2)
-    trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
-    trainer.fit(model, data)
-    trainer.save_checkpoint(path)
-    return path
+@pytest.fixture
+def tiny_checkpoint(tiny_initializer_checkpoint):
+    return tiny_initializer_checkpoint
 
 
 def test_learned_init_loads_and_predicts_a_valid_mask(tiny_checkpoint):
