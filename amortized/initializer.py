@@ -119,7 +119,7 @@ def check_compatible(meta: dict, classifier: str, preset: RDEConfig, source: str
     if meta.get("classifier") != classifier:
         problems.append(f"classifier {meta.get('classifier')!r} (requested {classifier!r})")
     trained = RDEConfig.from_dict({k: v for k, v in meta.get("preset", {}).items() if k != "name"})
-    for key in ("image_size", "wavelet", "lam", "distortion", "obfuscation"):
+    for key in ("image_size", "wavelet", "lam", "distortion", "obfuscation", "spatial_weight"):
         if getattr(trained, key) != getattr(preset, key):
             problems.append(f"{key} {getattr(trained, key)!r} (requested {getattr(preset, key)!r})")
     if problems:

@@ -76,7 +76,7 @@ class MaskNet(nn.Module):
         return head
 
     def layout(self, height: int, width: int) -> MaskLayout:
-        return self._representation(height, width, torch.device("cpu")).layout
+        return MaskLayout.for_wavelet(height, width, self.wavelet)
 
     def _representation(self, height: int, width: int, device: torch.device) -> WaveletRepresentation:
         key = (height, width)

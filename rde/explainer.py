@@ -24,6 +24,7 @@ from rde.obfuscation import Obfuscation
 from rde.presets import RDEConfig, load_preset
 from rde.representation import Representation, create_representation, greyscale
 
+INIT_SEED_OFFSET = 0x9E3779B97F4A7C15
 TargetSpec = int | Sequence[int] | Tensor | None
 SeedSpec = int | Sequence[int]
 StepCallback = Callable[[int, Tensor, dict[str, Tensor]], None]
@@ -85,6 +86,7 @@ class RDE:
             An :class:`~rde.explanation.Explanation`.
         """
         check_images(images)
+        images = images.float()  # float64/float16 input: the DWT filters and classifiers are float32
         cfg = self.config
         steps = cfg.steps if steps is None else steps
         if not isinstance(steps, int) or steps < 0:
@@ -96,6 +98,8 @@ class RDE:
         layout = rep.layout
         seeds = _per_image(seed, batch, "seed")
         generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+        # Inits draw from their own streams, so every init sees the same optimization noise for a seed.
+        init_generators = [torch.Generator(device=device).manual_seed((int(s) + INIT_SEED_OFFSET) % 2**63) for s in seeds]
 
         with torch.no_grad():
             reference = self.classifier(images).softmax(-1)
@@ -110,8 +114,8 @@ class RDE:
                 layout,
                 batch,
                 device=device,
-                generators=generators,
-                flip_check=lambda m: self._still_predicts(rep, coefficients, noise, m, targets, generators),
+                generators=init_generators,
+                flip_check=lambda m: self._still_predicts(rep, coefficients, noise, m, targets, init_generators),
             )
 
         mask = initial.clone().requires_grad_(True)
@@ -174,6 +178,7 @@ class RDE:
     def predict_probabilities(self, images: Tensor, mask: Tensor, num_samples: int, seed: SeedSpec = 0) -> Tensor:
         """Mean class probabilities ``(B, K)`` of obfuscations under ``mask`` (no gradients)."""
         check_images(images)
+        images = images.float()
         rep = self.representation(images.shape[2], images.shape[3], images.device)
         gens = [torch.Generator(device=images.device).manual_seed(int(s)) for s in _per_image(seed, len(images), "seed")]
         with torch.no_grad():
@@ -192,6 +197,7 @@ class RDE:
         Used to train amortized initializers on the exact objective and to score predicted masks.
         """
         check_images(images)
+        images = images.float()
         cfg = self.config
         batch = images.shape[0]
         num_samples = cfg.num_samples if num_samples is None else num_samples

@@ -87,14 +87,14 @@ class Explanation:
 
     def save(self, path: str | Path, index: int = 0) -> tuple[Path, Path]:
         """Write image ``index`` to ``path.npz`` (mask, explanation, history) and ``path.json`` (config, metadata)."""
-        path = Path(path)
+        path = _base(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         arrays = {
             "mask": self.mask[index].cpu().numpy().astype(np.float32),
             "explanation": self.explanation[index, 0].cpu().numpy().astype(np.float32),
         }
         arrays.update({f"history_{k}": v[index].cpu().numpy().astype(np.float32) for k, v in self.history.items()})
-        npz = path.with_suffix(".npz")
+        npz = path.with_name(path.name + ".npz")
         np.savez_compressed(npz, **arrays)
         meta = {
             "target": int(self.targets[index]),
@@ -105,17 +105,23 @@ class Explanation:
             "layout": self.layout.to_dict(),
             "config": self.config,
         }
-        js = path.with_suffix(".json")
+        js = path.with_name(path.name + ".json")
         js.write_text(json.dumps(meta, indent=2, default=str))
         return npz, js
 
     @staticmethod
     def load_mask(path: str | Path) -> tuple[MaskLayout, Tensor, dict[str, Any]]:
         """Read back ``(layout, mask (k,), metadata)`` from a file written by :meth:`save`."""
-        path = Path(path)
-        meta = json.loads(path.with_suffix(".json").read_text())
-        with np.load(path.with_suffix(".npz")) as data:
+        path = _base(path)
+        meta = json.loads(path.with_name(path.name + ".json").read_text())
+        with np.load(path.with_name(path.name + ".npz")) as data:
             mask = torch.from_numpy(data["mask"])
         layout = MaskLayout.from_dict(meta["layout"])
         layout.check(mask)
         return layout, mask, meta
+
+
+def _base(path: str | Path) -> Path:
+    """``out/a.v1`` and ``out/a.v1.npz`` both name the pair ``out/a.v1.npz`` / ``out/a.v1.json`` (dots kept)."""
+    path = Path(path)
+    return path.with_suffix("") if path.suffix in (".npz", ".json") else path

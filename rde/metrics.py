@@ -17,7 +17,7 @@ def moving_average(curves: Tensor, window: int = 10) -> Tensor:
     c = curves.double().cumsum(-1)
     out = c.clone()
     out[..., window:] = c[..., window:] - c[..., :-window]
-    counts = torch.arange(1, curves.shape[-1] + 1, dtype=torch.float64).clamp_max(window)
+    counts = torch.arange(1, curves.shape[-1] + 1, dtype=torch.float64, device=curves.device).clamp_max(window)
     return (out / counts).to(curves.dtype)
 
 
@@ -31,7 +31,7 @@ def steps_to_reach(curves: Tensor, reference: Tensor, window: int = 10) -> Tenso
         ``(B,)`` float: a step count in 1..N, or ``inf`` where the curve never stays below.
     """
     ma = moving_average(curves, window)
-    above = ma > reference.view(-1, 1).to(ma.dtype)
+    above = ma > reference.view(-1, 1).to(device=ma.device, dtype=ma.dtype)
     n = curves.shape[-1]
     idx = torch.arange(n, device=curves.device).expand_as(above)
     last_above = torch.where(above, idx, torch.full_like(idx, -1)).max(-1).values
@@ -47,6 +47,8 @@ def reference_level(ones_curves: Tensor, window: int = 10) -> Tensor:
 
 def loss_at(curves: Tensor, steps: Sequence[int], window: int = 10) -> dict[int, Tensor]:
     """Moving-average loss after ``s`` steps (a robust companion of steps-to-reach)."""
+    if any(s < 1 for s in steps):
+        raise ValueError(f"steps must be >= 1, got {list(steps)}")
     ma = moving_average(curves, window)
     return {s: ma[:, min(s, ma.shape[-1]) - 1] for s in steps}
 

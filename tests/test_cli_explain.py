@@ -208,3 +208,13 @@ def test_init_learned_with_checkpoint(tmp_path, tiny_initializer_checkpoint):
     assert len(meta["history"]["loss"]) == 3  # a third of the tiny preset's 10 steps by default
     assert main([*args, "--out", str(tmp_path / "pix"), "--method", "pixel-rde"]) == 2
     assert main(["explain", str(photo), *TINY, "--checkpoint", str(tiny_initializer_checkpoint)]) == 2
+
+
+def test_dotted_stems_do_not_overwrite_each_other(tmp_path):
+    a = write_photo(tmp_path / "a.v1.png", 0)
+    b = write_photo(tmp_path / "a.v2.png", 1)
+    out = tmp_path / "out"
+    assert main(["explain", str(a), str(b), *TINY, "--steps", "1", "--out", str(out)]) == 0
+    for stem in ("a.v1", "a.v2"):
+        for ext in (".png", ".npz", ".json"):
+            assert (out / f"{stem}{ext}").exists(), f"{stem}{ext}"

@@ -18,20 +18,22 @@ import os
 import sys
 from pathlib import Path
 
+from amortized.commands._args import fraction, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DATASET", help="image files, directories, or a dataset")
     parser.add_argument("--inits", default="ones,learned", help="comma-separated: ones, learned, const:C, random, preopt")
-    parser.add_argument("--steps", type=int, help="Adam steps N (default: the preset's)")
+    parser.add_argument("--steps", type=positive_int, help="Adam steps N (default: the preset's)")
     parser.add_argument("--model", default="efficientnet_lite0", help="classifier (default: %(default)s)")
     parser.add_argument("--preset", default="cpu", help="optimizer preset (default: %(default)s)")
     parser.add_argument("--checkpoint", type=Path, help="initializer checkpoint for 'learned' (default: the bundled one)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed shared by all inits (default: 0)")
     parser.add_argument("--split", choices=("all", "train", "val"), default="all",
                         help="for a dataset: the hash split to use (val = images the bundled initializer never saw)")
-    parser.add_argument("--val-fraction", type=float, default=1 / 8, help="validation fraction of the hash split")
-    parser.add_argument("--limit", type=int, help="use only the first N images")
-    parser.add_argument("--batch-size", type=int, default=1, help="images optimized together (default: 1)")
+    parser.add_argument("--val-fraction", type=fraction, default=1 / 8, help="validation fraction of the hash split")
+    parser.add_argument("--limit", type=positive_int, help="use only the first N images")
+    parser.add_argument("--batch-size", type=positive_int, default=1, help="images optimized together (default: 1)")
     parser.add_argument("--no-rate-distortion", action="store_true", help="skip the rate-distortion curves")
     parser.add_argument("--out", type=Path, default=Path("outputs/compare"), help="output directory")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -92,6 +94,7 @@ def run(args: argparse.Namespace) -> int:
         x = torch.stack(images[start : start + batch]).to(device)
         parts.append(compare_inits(explainer, x, inits, steps, names[start : start + batch], seed=args.seed,
                                    rate_distortion=not args.no_rate_distortion))
+        Comparison.concat(parts).save(args.out)  # finished batches survive an interruption
     comparison = Comparison.concat(parts)
     files = comparison.save(args.out)
     figures = plot_comparison(comparison, args.out)

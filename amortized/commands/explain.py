@@ -25,32 +25,11 @@ if TYPE_CHECKING:
     from rde.init import InitSpec
     from rde.layout import MaskLayout
 
+from amortized.commands._args import int_at_least, non_negative_float
+
 METHODS = ("cartoonx", "pixel-rde")
 LEARNED_STEPS_FRACTION = 1 / 3  # default refinement after a learned init, relative to the preset's steps
 InitFn = Callable[["Tensor"], "InitSpec"]
-
-
-def _int_at_least(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
-        return value
-
-    return parse
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -64,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset", default="cpu", help="optimizer preset: cpu, paper, tiny, or a YAML file (default: %(default)s)"
     )
-    parser.add_argument("--steps", type=_int_at_least(0), help="Adam steps (default: the preset's)")
+    parser.add_argument("--steps", type=int_at_least(0), help="Adam steps (default: the preset's)")
     parser.add_argument(
         "--init",
         default="ones",
@@ -74,8 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint", type=Path, help="initializer checkpoint for --init learned (default: the bundled one)"
     )
-    parser.add_argument("--lam", type=_non_negative_float, help="sparsity weight lambda (default: the preset's)")
-    parser.add_argument("--num-samples", type=_int_at_least(1), help="noise samples L per step (default: the preset's)")
+    parser.add_argument("--lam", type=non_negative_float, help="sparsity weight lambda (default: the preset's)")
+    parser.add_argument("--num-samples", type=int_at_least(1), help="noise samples L per step (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed, the same for every image (default: 0)")
     parser.add_argument("--out", type=Path, default=Path("explanations"), help="output directory (default: %(default)s)")
     parser.add_argument(
@@ -83,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--batch-size",
-        type=_int_at_least(1),
+        type=int_at_least(1),
         default=1,
         help="images optimized together; pays off on a GPU, not on a CPU (default: %(default)s)",
     )
@@ -116,8 +95,10 @@ def resolve_init(spec: str, layout: MaskLayout, args: argparse.Namespace, explai
             raise ValueError("--init learned predicts CartoonX wavelet masks; it cannot initialize Pixel RDE")
         from amortized.initializer import LearnedInitializer, bundled_checkpoint
 
-        checkpoint = getattr(args, "checkpoint", None) or bundled_checkpoint(args.model, args.preset)
-        device = explainer.classifier.mean.device if explainer is not None else "cpu"
+        from rde import load_preset
+
+        checkpoint = getattr(args, "checkpoint", None) or bundled_checkpoint(args.model, load_preset(args.preset).name)
+        device = explainer.classifier.mean.device
         learned = LearnedInitializer.from_checkpoint(checkpoint, args.model, explainer.config, device=device)
         return lambda images: learned(images, explainer, seed=args.seed)
     if getattr(args, "checkpoint", None) is not None:
@@ -253,7 +234,12 @@ def run(args: argparse.Namespace) -> int:
     for batch_paths, images in _batches(paths, size, args.batch_size, on_error):
         images = images.to(device)
         start = time.perf_counter()
-        result = explainer.explain(images, init=init_for(images), seed=args.seed, show_progress=True)
+        try:
+            result = explainer.explain(images, init=init_for(images), seed=args.seed, show_progress=True)
+        except RuntimeError as e:  # e.g. out of memory on a large --batch-size: report, keep going
+            for path in batch_paths:
+                on_error(path, f"{path}: optimization failed ({e})")
+            continue
         seconds = (time.perf_counter() - start) / len(batch_paths)
         for i, path in enumerate(batch_paths):
             one = result[i]
@@ -271,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
             base = args.out / stem
             _, json_path = one.save(base)
             _add_to_json(json_path, history={k: v[0].tolist() for k, v in one.history.items()}, seconds=seconds)
-            plot_explanation(one, 0, base.with_suffix(".png"))
+            plot_explanation(one, 0, base.with_name(base.name + ".png"))
             loss = f"{float(one.loss[0, -1]):.4g}" if one.loss.shape[1] else "n/a"
             tqdm.write(
                 f"{path}: {one.class_names[0]} (class {int(one.targets[0])}) p={float(one.target_probs[0]):.3f} "

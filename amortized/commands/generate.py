@@ -20,29 +20,11 @@ import argparse
 import sys
 from pathlib import Path
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
-    return value
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {value}")
-    return value
+from amortized.commands._args import fraction, positive_int
 
 
 def _devices(text: str) -> int | str:
-    return text if text == "auto" else _positive_int(text)
+    return text if text == "auto" else positive_int(text)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -55,26 +37,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--preset", default="cpu", help="optimizer preset: cpu, paper, tiny or a YAML file (default: %(default)s)")
     parser.add_argument("--steps", type=int, help="Adam steps (default: the preset's)")
-    parser.add_argument("--num-samples", type=_positive_int, help="noise samples L per step (default: the preset's)")
+    parser.add_argument("--num-samples", type=positive_int, help="noise samples L per step (default: the preset's)")
     parser.add_argument("--lam", type=float, help="sparsity weight lambda (default: the preset's)")
     parser.add_argument("--lr", type=float, help="Adam learning rate (default: the preset's)")
-    parser.add_argument("--image-size", type=_positive_int, help="image side in pixels (default: the preset's)")
-    parser.add_argument("--samples-per-call", type=_positive_int, help="cap on obfuscations per classifier call (memory)")
+    parser.add_argument("--image-size", type=positive_int, help="image side in pixels (default: the preset's)")
+    parser.add_argument("--samples-per-call", type=positive_int, help="cap on obfuscations per classifier call (memory)")
     parser.add_argument("--seed", type=int, default=0, help="base noise seed; per image it is hashed with the key (default: 0)")
     parser.add_argument(
-        "--batch-size", type=_positive_int, default=1,
+        "--batch-size", type=positive_int, default=1,
         help="images optimized together; pays off on a GPU (e.g. 32), not on a CPU (default: %(default)s)",
     )
-    parser.add_argument("--shard-size", type=_positive_int, default=8, help="samples per shard (default: %(default)s)")
+    parser.add_argument("--shard-size", type=positive_int, default=8, help="samples per shard (default: %(default)s)")
     parser.add_argument("--no-compress", dest="compress", action="store_false", help="write .tar instead of .tar.gz")
-    parser.add_argument("--limit", type=_positive_int, help="only the first N images of the fixed hash order")
+    parser.add_argument("--limit", type=positive_int, help="only the first N images of the fixed hash order")
     parser.add_argument("--split", choices=("all", "train", "val"), default="all", help="hash split to generate (default: all)")
-    parser.add_argument("--val-fraction", type=_fraction, default=1 / 8, help="validation fraction of the hash split (default: 1/8)")
+    parser.add_argument("--val-fraction", type=fraction, default=1 / 8, help="validation fraction of the hash split (default: 1/8)")
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu (default: auto)")
     parser.add_argument("--devices", type=_devices, default=1, help="devices per node, or auto (default: 1)")
-    parser.add_argument("--num-nodes", type=_positive_int, default=1, help="nodes (default: 1)")
+    parser.add_argument("--num-nodes", type=positive_int, default=1, help="nodes (default: 1)")
     parser.add_argument("--num-workers", type=int, default=0, help="image-loading workers per rank (default: 0)")
-    parser.add_argument("--threads", type=_positive_int, help="CPU threads for torch (default: torch's choice)")
+    parser.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
 
 

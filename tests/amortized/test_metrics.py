@@ -49,3 +49,8 @@ def test_loss_at_uses_moving_average():
     assert got[10].item() == pytest.approx(5.5)
     assert got[30].item() == pytest.approx(25.5)
     assert got[100].item() == pytest.approx(95.5)
+
+
+def test_loss_at_rejects_step_zero():
+    with pytest.raises(ValueError):
+        loss_at(torch.ones(1, 5), [0])

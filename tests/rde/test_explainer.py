@@ -428,3 +428,34 @@ def test_classifier_forms_and_overrides(tiny_classifier):
         CartoonX(42, preset="tiny")
     with pytest.raises(TypeError):
         CartoonX(tiny_classifier, preset="tiny", lamda=1.0)
+
+
+def test_float64_images_are_accepted(tiny_classifier):
+    images = torch.rand(1, 3, 64, 64, dtype=torch.float64)
+    res = CartoonX(tiny_classifier, "tiny").explain(images, steps=2)
+    ref = CartoonX(tiny_classifier, "tiny").explain(images.float(), steps=2)
+    assert torch.equal(res.mask, ref.mask)
+
+
+def test_every_init_sees_the_same_optimization_noise(tiny_classifier, monkeypatch):
+    """random and preopt draw from their own streams, so all inits get the same noise for a seed."""
+    from rde import obfuscation
+
+    draws: dict[str, list[torch.Tensor]] = {}
+    real_sample = obfuscation.Obfuscation.sample
+    current = []
+
+    def recording(self, num_samples, generators):
+        out = real_sample(self, num_samples, generators)
+        draws.setdefault(current[0], []).append(out.clone())
+        return out
+
+    monkeypatch.setattr(obfuscation.Obfuscation, "sample", recording)
+    images = torch.rand(1, 3, 64, 64)
+    ex = CartoonX(tiny_classifier, "tiny")
+    for init in ("ones", "random", "preopt"):
+        current[:] = [init]
+        ex.explain(images, init=init, steps=2, seed=7)
+    assert torch.equal(draws["ones"][0], draws["random"][0]) and torch.equal(draws["ones"][1], draws["random"][1])
+    # preopt's own flip checks come first; the last two draws are the optimization's
+    assert torch.equal(draws["ones"][0], draws["preopt"][-2]) and torch.equal(draws["ones"][1], draws["preopt"][-1])
