@@ -1,0 +1,89 @@
+"""Learned init vs all-ones on images the initializer never trained on (the val hash split).
+
+Prints the median and quartiles of steps-to-reach and speedup (N / steps-to-reach), the median
+wall-time speedup (network forward included), the zero-step loss ratio (the predicted mask's loss
+at step 0 over the ones run's final 10-step-average loss at N), and the final distortion and
+sparsity of both inits.
+
+    python benchmarks/bench_learned_init.py --limit 8                 # cpu preset, N=300, bundled initializer
+    python benchmarks/bench_learned_init.py --checkpoint runs/.../best.ckpt --steps 300 --out outputs/bench-learned
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import rde
+from amortized.compare import Comparison, compare_inits, plot_comparison
+from amortized.datasets import list_images
+from amortized.initializer import LearnedInitializer, bundled_checkpoint
+from rde.io import load_image, preprocess
+from rde.metrics import reference_level
+
+
+def quartiles(values: list[float]) -> str:
+    finite = [v for v in values if math.isfinite(v)]
+    q = np.quantile(values, [0.25, 0.5, 0.75]) if values else [math.nan] * 3
+    return f"median {q[1]:.1f} (q25 {q[0]:.1f}, q75 {q[2]:.1f}; {len(finite)}/{len(values)} reached)"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--images", default="../shared/data/imagenet-sample")
+    p.add_argument("--split", default="val")
+    p.add_argument("--limit", type=int, default=8)
+    p.add_argument("--model", default="efficientnet_lite0")
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--steps", type=int, help="N (default: the preset's)")
+    p.add_argument("--checkpoint", type=Path)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=Path("outputs/bench-learned-init"))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args()
+
+    preset = rde.load_preset(args.preset)
+    steps = args.steps or preset.steps
+    device = torch.device(args.device)
+    explainer = rde.CartoonX(rde.create_classifier(args.model, device=device), preset)
+    ckpt = args.checkpoint or bundled_checkpoint(args.model, preset.name)
+    learned = LearnedInitializer.from_checkpoint(ckpt, args.model, preset, device=device)
+    items = list_images(args.images, args.split)[: args.limit]
+    parts = []
+    for item in items:  # one image at a time: batching does not pay on a CPU
+        x = preprocess(load_image(item.path), preset.image_size)[None].to(device)
+        parts.append(compare_inits(explainer, x, {"ones": "ones", "learned": lambda im: learned(im, explainer, seed=args.seed)},
+                                   steps, [item.key], seed=args.seed, rate_distortion=False))
+        Comparison.concat(parts).save(args.out)
+    comp = Comparison.concat(parts)
+    comp.save(args.out)
+    plot_comparison(comp, args.out)
+
+    ones, lrn = comp.runs["ones"], comp.runs["learned"]
+    reach = lrn.steps_to_reach.tolist()
+    speed = [steps / r if math.isfinite(r) else 0.0 for r in reach]
+    ones_total = ones.seconds / len(items)
+    per_step = (lrn.seconds - lrn.init_seconds) / steps / len(items)
+    init_s = lrn.init_seconds / len(items)
+    wall = [ones_total / (init_s + per_step * r) if math.isfinite(r) else 0.0 for r in reach]
+    ref = reference_level(ones.history["loss"])
+    zero = (lrn.history["loss"][:, 0] / ref).tolist()
+    print(f"{len(items)} {args.split} images, {args.model}, preset {preset.name}, N={steps}, checkpoint {ckpt}")
+    print(f"steps-to-reach ones@{steps}: {quartiles(reach)}")
+    print(f"speedup N/steps:          {quartiles(speed)}")
+    print(f"wall-time speedup:        median {statistics.median(wall):.1f}x (init {init_s * 1000:.0f} ms/image)")
+    print(f"zero-step loss ratio:     median {statistics.median(zero):.2f} (predicted mask at step 0 / ones final)")
+    for name, run in comp.runs.items():
+        h = run.history
+        print(f"final @N {name:>8}: loss {h['loss'][:, -10:].mean():.4f}  distortion {h['distortion'][:, -10:].mean():.4f}  "
+              f"sparsity {h['sparsity'][:, -1].mean():.4f}")
+    print(comp.format_table())
+
+
+if __name__ == "__main__":
+    main()
