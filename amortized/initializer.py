@@ -127,3 +127,15 @@ def check_compatible(meta: dict, classifier: str, preset: RDEConfig, source: str
             f"{source} was trained for a different setting: " + "; ".join(problems) + ". Use a matching "
             "--model/--preset or train an initializer for this one with `cartoonx train`."
         )
+
+
+def export_checkpoint(source: str | Path, destination: str | Path) -> Path:
+    """Copy a training checkpoint without optimizer and loop state: what an initializer needs to ship."""
+    ckpt = torch.load(source, map_location="cpu", weights_only=False)
+    if CHECKPOINT_KEY not in ckpt:
+        raise CheckpointMismatchError(f"{source}: not a FastCartoonX initializer checkpoint")
+    keep = ("state_dict", "hyper_parameters", "hparams_name", CHECKPOINT_KEY, "pytorch-lightning_version", "epoch", "global_step")
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({k: ckpt[k] for k in keep if k in ckpt}, destination)
+    return destination

@@ -89,3 +89,14 @@ def test_compare_end_to_end(tmp_path, tiny_checkpoint):
 def test_compare_rejects_unknown_init(tmp_path, capsys):
     assert main(["compare", str(tmp_path), "--inits", "ones,bogus", "--model", "tiny-test", "--preset", "tiny"]) == 2
     assert "bogus" in capsys.readouterr().err
+
+
+def test_exported_checkpoint_is_smaller_and_still_loads(tmp_path, tiny_checkpoint):
+    from amortized.initializer import export_checkpoint
+
+    out = export_checkpoint(tiny_checkpoint, tmp_path / "shipped.ckpt")
+    assert out.stat().st_size < tiny_checkpoint.stat().st_size
+    a = LearnedInitializer.from_checkpoint(tiny_checkpoint, "tiny-test", "tiny")
+    b = LearnedInitializer.from_checkpoint(out, "tiny-test", "tiny")
+    x = torch.rand(1, 3, 64, 64)
+    assert torch.equal(a(x), b(x))
