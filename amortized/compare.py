@@ -213,10 +213,13 @@ def plot_comparison(comparison: Comparison, out: str | Path) -> list[Path]:
             ax_rd.plot(RD_FRACTIONS, run.rd_keep.mean(0).cpu().numpy(), "o-", color=colors[label], ms=3, label=f"{label}: keep top")
             ax_rd.plot(RD_FRACTIONS, run.rd_randomize.mean(0).cpu().numpy(), "s--", color=colors[label], ms=3, alpha=0.6,
                        label=f"{label}: randomize top")
-    ax_rd.set(xscale="symlog", xlabel="fraction of coefficients (most relevant first)", ylabel="distortion",
-              title="Rate-distortion of the final masks")
-    ax_rd.set_xscale("symlog", linthresh=0.01)
-    ax_rd.legend(fontsize=7)
+    if any(run.rd_keep is not None for run in comparison.runs.values()):
+        ax_rd.set(xlabel="fraction of coefficients (most relevant first)", ylabel="distortion",
+                  title="Rate-distortion of the final masks")
+        ax_rd.set_xscale("symlog", linthresh=0.01)
+        ax_rd.legend(fontsize=7)
+    else:
+        ax_rd.axis("off")
     fig.tight_layout()
     paths.append(out / "loss_curves.png")
     fig.savefig(paths[-1])

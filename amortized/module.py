@@ -46,7 +46,7 @@ class MaskInitializer(L.LightningModule):
         val_samples: noise samples for the zero-step validation loss.
         refine_steps: refinement steps compared at validation (learned init vs ones); 0 disables.
         refine_images: how many validation images get the (costly) refinement comparison.
-        refine_every_n_epochs: run the refinement comparison every n validation epochs.
+        refine_every_n_epochs: run the refinement comparison on the first and then every n-th validation run.
     """
 
     def __init__(
@@ -78,6 +78,7 @@ class MaskInitializer(L.LightningModule):
         self.net = MaskNet(self.preset.wavelet, width, decoder_width, floor, coefficient_inputs, init_bias)
         self._explainers: dict[tuple[float, str], CartoonX] = {}
         self._refine_batch: list[Tensor] = []
+        self._validation_runs = 0
 
     # -- inference -------------------------------------------------------------------------------
     def forward(self, images: Tensor) -> Tensor:
@@ -159,7 +160,8 @@ class MaskInitializer(L.LightningModule):
         steps = self.hparams.refine_steps
         if not images or steps <= 0 or self.trainer.sanity_checking:
             return
-        if self.current_epoch % self.hparams.refine_every_n_epochs:
+        self._validation_runs += 1
+        if (self._validation_runs - 1) % self.hparams.refine_every_n_epochs:
             return
         with torch.inference_mode(False), torch.enable_grad():
             x = torch.cat(images).clone()
