@@ -109,6 +109,8 @@ class RDE:
             coefficients = rep.encode(images)
             grey_coefficients = rep.encode(greyscale(images))
             noise = Obfuscation(cfg.obfuscation, coefficients, layout)
+            chunk = _samples_per_chunk(cfg.samples_per_call, batch, cfg.num_samples)
+            distortion_reference = self._reference_probabilities(rep, coefficients, chunk)
             initial = make_initial_mask(
                 init,
                 layout,
@@ -122,7 +124,6 @@ class RDE:
         optimizer = torch.optim.Adam([mask], lr=cfg.lr)
         history = {k: torch.zeros(batch, steps, device=device) for k in HISTORY_KEYS}
         distortion_fn = get_distortion(cfg.distortion)
-        chunk = _samples_per_chunk(cfg.samples_per_call, batch, cfg.num_samples)
 
         for step in tqdm(range(steps), desc=f"{self.method} x{batch}", disable=not show_progress, leave=False):
             optimizer.zero_grad(set_to_none=True)
@@ -131,7 +132,7 @@ class RDE:
             for start in range(0, cfg.num_samples, chunk):
                 part = samples[:, start : start + chunk]
                 logits = self._classify_obfuscations(rep, coefficients, part, mask)
-                d = distortion_fn(reference, logits, targets).sum(1) / cfg.num_samples
+                d = distortion_fn(distortion_reference, logits, targets).sum(1) / cfg.num_samples
                 d.sum().backward()
                 distortion += d.detach()
             sparsity, spatial = self._regularizers(rep, grey_coefficients, mask)
@@ -238,6 +239,15 @@ class RDE:
     def render(self, rep: Representation, grey_coefficients: Tensor, mask: Tensor) -> Tensor:
         """The explanation image ``clamp(f(mask * h_grey), 0, 1)``: ``(B, 1, H, W)``."""
         return rep.decode(grey_coefficients * mask.unsqueeze(1)).clamp(0.0, 1.0)
+
+    def _reference_probabilities(self, rep: Representation, coefficients: Tensor, chunk: int) -> Tensor:
+        """Phi(x) for the distortion, ``(B, K)``: computed on ``f(h)`` through exactly the ops and batch shape of
+        a step with ``s = 1``, so an all-ones mask has exactly zero distortion and gradient (the paper's lam=0
+        property holds bitwise, not just up to rounding that Adam would amplify into lr-sized steps)."""
+        batch, channels, k = coefficients.shape
+        zeros = coefficients.new_zeros(batch, chunk, channels, k)
+        ones = coefficients.new_ones(batch, k)
+        return self._classify_obfuscations(rep, coefficients, zeros, ones).softmax(-1)[:, 0]
 
     def _classify_obfuscations(self, rep: Representation, coefficients: Tensor, noise: Tensor, mask: Tensor) -> Tensor:
         """Logits ``(B, l, K)`` of ``clamp(f(h * s + (1 - s) * v))`` for noise ``v`` of shape ``(B, l, C, k)``."""
