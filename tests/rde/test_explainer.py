@@ -117,7 +117,7 @@ def test_obfuscations_are_clamped_to_unit_interval(method):
     method(clf, preset="tiny").explain(x, init="const:0.2", steps=2)
     lows, highs = zip(*clf.ranges)
     assert min(lows) == 0.0 and max(highs) == 1.0  # noise went out of range and was clamped
-    assert len(clf.ranges) == 3  # the reference call, then one call per step
+    assert len(clf.ranges) == 4  # the image, the distortion reference f(h), then one call per step
 
 
 # -- determinism and batching ------------------------------------------------------------------------------------
@@ -153,7 +153,7 @@ def test_samples_per_call_chunking_gives_the_same_result(tiny_classifier):
         torch.testing.assert_close(chunked.history[key], whole.history[key], atol=1e-6, rtol=1e-5)
     # with B=2 and samples_per_call=4, each classifier call sees 2 samples of each image
     CartoonX(clf, preset="tiny", samples_per_call=4).explain(x, steps=1)
-    assert len(clf.ranges) == 1 + 2
+    assert len(clf.ranges) == 2 + 2  # the image and the distortion reference, then 2 chunks
 
 
 # -- targets -------------------------------------------------------------------------------------------------------
