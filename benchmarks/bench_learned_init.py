@@ -27,10 +27,11 @@ from rde.io import load_image, preprocess
 from rde.metrics import reference_level
 
 
-def quartiles(values: list[float]) -> str:
-    finite = [v for v in values if math.isfinite(v)]
-    q = np.quantile(values, [0.25, 0.5, 0.75]) if values else [math.nan] * 3
-    return f"median {q[1]:.1f} (q25 {q[0]:.1f}, q75 {q[2]:.1f}; {len(finite)}/{len(values)} reached)"
+def quartiles(values: list[float], reached: list[bool]) -> str:
+    """Nearest-rank quartiles (no interpolation, so 'never' = inf stays inf)."""
+    q = np.quantile(values, [0.25, 0.5, 0.75], method="nearest") if values else [math.nan] * 3
+    fmt = lambda v: "never" if math.isinf(v) else f"{v:.1f}"  # noqa: E731
+    return f"median {fmt(q[1])} (q25 {fmt(q[0])}, q75 {fmt(q[2])}; {sum(reached)}/{len(values)} reached)"
 
 
 def main() -> None:
@@ -74,8 +75,9 @@ def main() -> None:
     ref = reference_level(ones.history["loss"])
     zero = (lrn.history["loss"][:, 0] / ref).tolist()
     print(f"{len(items)} {args.split} images, {args.model}, preset {preset.name}, N={steps}, checkpoint {ckpt}")
-    print(f"steps-to-reach ones@{steps}: {quartiles(reach)}")
-    print(f"speedup N/steps:          {quartiles(speed)}")
+    hit = [math.isfinite(r) for r in reach]
+    print(f"steps-to-reach ones@{steps}: {quartiles(reach, hit)}")
+    print(f"speedup N/steps:          {quartiles(speed, hit)}")
     print(f"wall-time speedup:        median {statistics.median(wall):.1f}x (init {init_s * 1000:.0f} ms/image)")
     print(f"zero-step loss ratio:     median {statistics.median(zero):.2f} (predicted mask at step 0 / ones final)")
     for name, run in comp.runs.items():
