@@ -201,8 +201,10 @@ class AtomicShardWriter:
                 compress=self.compress,
                 mtime=MTIME,
             )
-        self._writer.write(sample)  # may first close the full shard (calling _post)
+        self._writer.write(sample)
         self._keys.append(sample["__key__"])
+        if self._writer.count >= self.maxcount:
+            self._writer.finish()  # rename a full shard now, not when the next sample arrives (minutes later)
 
     def _post(self, tmp_name: str) -> None:
         tmp = Path(tmp_name)

@@ -86,8 +86,9 @@ def test_shards_appear_only_when_complete(tmp_path):
     w.write(fake_sample("a"))
     assert [p.name for p in tmp_path.iterdir()] == ["masks-abc-r3-000007.tar.tmp"]
     assert S.list_shards(tmp_path) == []
-    w.write(fake_sample("b"))
-    w.write(fake_sample("c"))  # rotates: shard 7 is finished
+    w.write(fake_sample("b"))  # full: shard 7 is finished at once, not when the next (slow) sample arrives
+    assert [p.name for p in tmp_path.iterdir()] == ["masks-abc-r3-000007.tar"]
+    w.write(fake_sample("c"))
     assert [p.name for p in S.list_shards(tmp_path)] == ["masks-abc-r3-000007.tar"]
     w.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["masks-abc-r3-000007.tar", "masks-abc-r3-000008.tar"]
