@@ -7,7 +7,6 @@ updates it would get alone. The only coupling between images is floating-point b
 
 from __future__ import annotations
 
-import math
 import numbers
 from typing import Any, Callable, Iterable, Sequence
 
@@ -109,8 +108,11 @@ class RDE:
             coefficients = rep.encode(images)
             grey_coefficients = rep.encode(greyscale(images))
             noise = Obfuscation(cfg.obfuscation, coefficients, layout)
-            chunk = _samples_per_chunk(cfg.samples_per_call, batch, cfg.num_samples)
-            distortion_reference = self._reference_probabilities(rep, coefficients, chunk)
+            images_per_call, chunk = _call_shape(cfg.samples_per_call, batch, cfg.num_samples)
+            distortion_reference = torch.cat([
+                self._reference_probabilities(rep, coefficients[b : b + images_per_call], chunk)
+                for b in range(0, batch, images_per_call)
+            ])
             initial = make_initial_mask(
                 init,
                 layout,
@@ -129,12 +131,14 @@ class RDE:
             optimizer.zero_grad(set_to_none=True)
             samples = noise.sample(cfg.num_samples, generators)
             distortion = torch.zeros(batch, device=device)
-            for start in range(0, cfg.num_samples, chunk):
-                part = samples[:, start : start + chunk]
-                logits = self._classify_obfuscations(rep, coefficients, part, mask)
-                d = distortion_fn(distortion_reference, logits, targets).sum(1) / cfg.num_samples
-                d.sum().backward()
-                distortion += d.detach()
+            for b in range(0, batch, images_per_call):
+                rows = slice(b, b + images_per_call)
+                for start in range(0, cfg.num_samples, chunk):
+                    part = samples[rows, start : start + chunk]
+                    logits = self._classify_obfuscations(rep, coefficients[rows], part, mask[rows])
+                    d = distortion_fn(distortion_reference[rows], logits, targets[rows]).sum(1) / cfg.num_samples
+                    d.sum().backward()
+                    distortion[rows] += d.detach()
             sparsity, spatial = self._regularizers(rep, grey_coefficients, mask)
             regularizer = cfg.lam * sparsity + cfg.spatial_weight * spatial
             regularizer.sum().backward()
@@ -327,7 +331,11 @@ def _resolve_targets(target: TargetSpec, batch: int, num_classes: int, predicted
     return torch.tensor(values, dtype=torch.long, device=predicted.device)
 
 
-def _samples_per_chunk(samples_per_call: int | None, batch: int, num_samples: int) -> int:
+def _call_shape(samples_per_call: int | None, batch: int, num_samples: int) -> tuple[int, int]:
+    """``(images, samples per image)`` in one classifier call, so that their product stays <= samples_per_call
+    (whole images first; a single image's samples are split only when they alone exceed the cap)."""
     if samples_per_call is None:
-        return num_samples
-    return max(1, min(num_samples, math.floor(samples_per_call / batch)))
+        return batch, num_samples
+    if samples_per_call >= num_samples:
+        return max(1, min(batch, samples_per_call // num_samples)), num_samples
+    return 1, samples_per_call

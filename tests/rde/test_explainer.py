@@ -30,9 +30,11 @@ class Recording(nn.Module):
         super().__init__()
         self.register_buffer("weight", torch.randn(48, 1000, generator=torch.Generator().manual_seed(0)))
         self.ranges: list[tuple[float, float]] = []
+        self.batch_sizes: list[int] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.ranges.append((float(x.detach().min()), float(x.detach().max())))
+        self.batch_sizes.append(x.shape[0])
         return 10 * F.adaptive_avg_pool2d(x, 4).flatten(1) @ self.weight
 
 
@@ -151,9 +153,9 @@ def test_samples_per_call_chunking_gives_the_same_result(tiny_classifier):
     torch.testing.assert_close(chunked.mask, whole.mask, atol=1e-5, rtol=0)
     for key in whole.history:
         torch.testing.assert_close(chunked.history[key], whole.history[key], atol=1e-6, rtol=1e-5)
-    # with B=2 and samples_per_call=4, each classifier call sees 2 samples of each image
+    # with B=2, L=4 and samples_per_call=4, each classifier call sees the 4 samples of one image
     CartoonX(clf, preset="tiny", samples_per_call=4).explain(x, steps=1)
-    assert len(clf.ranges) == 2 + 2  # the image and the distortion reference, then 2 chunks
+    assert len(clf.ranges) == 1 + 2 + 2  # the images, the distortion reference per image, then 2 chunks
 
 
 # -- targets -------------------------------------------------------------------------------------------------------
@@ -452,3 +454,15 @@ def test_every_init_sees_the_same_optimization_noise(tiny_classifier, monkeypatc
     assert torch.equal(draws["ones"][0], draws["random"][0]) and torch.equal(draws["ones"][1], draws["random"][1])
     # preopt's own flip checks come first; the last two draws are the optimization's
     assert torch.equal(draws["ones"][0], draws["preopt"][-2]) and torch.equal(draws["ones"][1], draws["preopt"][-1])
+
+
+def test_samples_per_call_below_the_batch_size_is_respected(tiny_classifier):
+    clf = Recording()
+    x = images(3)
+    whole = CartoonX(tiny_classifier, preset="tiny").explain(x, seed=[1, 2, 3], steps=3)
+    capped = CartoonX(tiny_classifier, preset="tiny", samples_per_call=2).explain(x, seed=[1, 2, 3], steps=3)
+    torch.testing.assert_close(capped.mask, whole.mask, atol=1e-5, rtol=0)
+    CartoonX(clf, preset="tiny", samples_per_call=2).explain(x, steps=1)
+    sizes = clf.batch_sizes[1:]  # after the call on the images themselves
+    # the distortion reference (3 images x a 2-sample chunk), then one step (3 images x 4 samples)
+    assert max(sizes) <= 2 and sum(sizes) == 3 * 2 + 3 * 4
