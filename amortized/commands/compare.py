@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     import rde
-    from amortized.commands.explain import expand_inputs, resolve_device
+    from amortized.commands.explain import resolve_device
     from amortized.compare import Comparison, compare_inits, plot_comparison
     from rde.init import parse_init
     from rde.io import ImageLoadError, load_image, preprocess
@@ -60,14 +60,10 @@ def run(args: argparse.Namespace) -> int:
         if label != "learned":
             parse_init(label)
 
-    if args.split != "all":
-        from amortized.datasets import list_images
+    from amortized.datasets import list_images
 
-        paths = [item.path for item in list_images(args.inputs, args.split, args.val_fraction)]
-    else:
-        paths, errors = expand_inputs(args.inputs)
-        for message in errors:
-            print(f"cartoonx compare: {message}", file=sys.stderr)
+    # Files, folders (recursively) and text lists, the same way `cartoonx generate` reads them.
+    paths = [item.path for item in list_images(args.inputs, args.split, args.val_fraction)]
     paths = paths[: args.limit]
     images, names = [], []
     for path in paths:
