@@ -128,10 +128,6 @@ class ImageDataModule(L.LightningDataModule):
             items = list_images(hp.images, split, hp.val_fraction)[: hp.limit]
             self.datasets[split] = ImageTargetDataset(items, cfg.image_size, layout.num_entries, store)
 
-    def num_targets(self, split: str) -> int:
-        ds = self.datasets[split]
-        return 0 if ds.store is None else sum(i.key in ds.store.targets for i in ds.items)
-
     def train_dataloader(self) -> DataLoader:
         return DataLoader(
             self.datasets["train"], batch_size=self.hparams.batch_size, shuffle=True, drop_last=True,

@@ -24,6 +24,7 @@ import rde
 from amortized.losses import per_scale_abs_error, risk_averse_mask_loss
 from amortized.net import MaskNet
 from rde import CartoonX, create_classifier, load_preset
+from rde.metrics import loss_at
 
 CHECKPOINT_KEY = "fastcartoonx"
 
@@ -208,6 +209,5 @@ def refinement_comparison(explainer: CartoonX, net: MaskNet, images: Tensor, ste
     net.train(was_training)
     learned = explainer.explain(images, init=init, steps=steps, seed=seed).history["loss"]
     ones = explainer.explain(images, init="ones", steps=steps, seed=seed).history["loss"]
-    window = min(10, steps)
-    lo, lu = learned[:, -window:].mean(1), ones[:, -window:].mean(1)
+    lo, lu = loss_at(learned, [steps])[steps], loss_at(ones, [steps])[steps]
     return {"learned": float(lo.mean()), "ones": float(lu.mean()), "ratio": float((lo / lu).mean())}

@@ -38,12 +38,6 @@ class WaveletConfig:
         return DWTInverse(wave=self.wave, mode=self.mode)
 
 
-def min_image_size(cfg: WaveletConfig) -> int:
-    """Smallest side length for which every one of ``cfg.levels`` levels is meaningful (PyWavelets' rule)."""
-    filt = pywt.Wavelet(cfg.wave).dec_len
-    return (filt - 1) * 2 ** cfg.levels if filt > 1 else 2 ** cfg.levels
-
-
 @lru_cache(maxsize=64)
 def coefficient_shapes(height: int, width: int, cfg: WaveletConfig) -> tuple[tuple[int, int], tuple[tuple[int, int], ...]]:
     """Spatial shapes ``(lowpass, [level 1 (finest) ... level J])`` of the DWT of an ``height x width`` image."""
