@@ -41,6 +41,7 @@ class InitRun:
     steps_to_reach: Tensor = field(default_factory=lambda: torch.empty(0))
     rd_keep: Tensor | None = None
     rd_randomize: Tensor | None = None
+    explanation: Tensor | None = None  # (B, 1, H, W) the CartoonX image of the final mask
 
 
 @dataclass
@@ -49,6 +50,7 @@ class Comparison:
     steps: int
     runs: dict[str, InitRun]
     window: int = 10
+    images: Tensor | None = None  # (B, 3, H, W) inputs, for the explanation figure
 
     @staticmethod
     def concat(parts: Sequence[Comparison]) -> Comparison:
@@ -66,8 +68,10 @@ class Comparison:
                 torch.cat([r.steps_to_reach for r in rs]),
                 None if rs[0].rd_keep is None else torch.cat([r.rd_keep.cpu() for r in rs]),
                 None if rs[0].rd_randomize is None else torch.cat([r.rd_randomize.cpu() for r in rs]),
+                _cat_or_none([r.explanation for r in rs]),
             )
-        return Comparison([n for p in parts for n in p.names], first.steps, runs, first.window)
+        images = _cat_or_none([p.images for p in parts])
+        return Comparison([n for p in parts for n in p.names], first.steps, runs, first.window, images)
 
     def per_image_rows(self) -> list[dict]:
         rows = []
@@ -175,6 +179,7 @@ def compare_inits(
         init_seconds = time.perf_counter() - start
         res = explainer.explain(images, init=init, steps=steps, seed=seed, show_progress=show_progress)
         runs[label] = InitRun(label, res.history, res.mask, time.perf_counter() - start, init_seconds)
+        runs[label].explanation = res.explanation.detach().cpu()
     ref = reference_level(runs["ones"].history["loss"], window)
     for run in runs.values():
         run.steps_to_reach = steps_to_reach(run.history["loss"], ref, window)
@@ -183,11 +188,12 @@ def compare_inits(
             run.rd_randomize = rate_distortion_curve(
                 explainer, images, run.mask.to(images.device), RD_FRACTIONS, "randomize", rd_samples, seed
             )
-    return Comparison(names, steps, runs, window)
+    return Comparison(names, steps, runs, window, images.detach().cpu())
 
 
 def plot_comparison(comparison: Comparison, out: str | Path) -> list[Path]:
-    """Loss curves (mean and quartile band over images, and per image) and rate-distortion curves."""
+    """Loss curves (median and quartile band over images, and per image), rate-distortion curves, and the
+    explanations each init reached after N steps side by side (``explanations.png``, first 8 images)."""
     from matplotlib.figure import Figure
 
     out = Path(out)
@@ -198,10 +204,15 @@ def plot_comparison(comparison: Comparison, out: str | Path) -> list[Path]:
     fig = Figure(figsize=(11, 4.2), dpi=110)
     ax, ax_rd = fig.subplots(1, 2)
     x = np.arange(1, comparison.steps + 1)
+    summary = {r["init"]: r for r in comparison.summary_rows()}
     for label, run in comparison.runs.items():
         loss = run.history["loss"].numpy()
         q25, med, q75 = np.quantile(loss, [0.25, 0.5, 0.75], axis=0)
-        ax.plot(x, med, color=colors[label], label=f"{label} (median)")
+        text = f"{label} (median)"
+        if label != "ones":
+            reach = summary[label]["median_steps_to_reach"]
+            text += ": never reaches ones@N" if reach is None else f": reaches ones@N at step {reach:.0f}, {summary[label]['median_speedup']:.1f}x"
+        ax.plot(x, med, color=colors[label], label=text)
         ax.fill_between(x, q25, q75, color=colors[label], alpha=0.2, lw=0)
     ref = float(np.median(reference_level(comparison.runs["ones"].history["loss"], comparison.window).numpy()))
     ax.axhline(ref, color="k", ls=":", lw=1, label=f"ones@{comparison.steps} (10-step avg)")
@@ -240,7 +251,33 @@ def plot_comparison(comparison: Comparison, out: str | Path) -> list[Path]:
     fig.tight_layout()
     paths.append(out / "loss_curves_per_image.png")
     fig.savefig(paths[-1])
+
+    if comparison.images is not None and all(r.explanation is not None for r in comparison.runs.values()):
+        paths.append(out / "explanations.png")
+        _explanations_figure(comparison, max_images=8).savefig(paths[-1])
     return paths
+
+
+def _explanations_figure(comparison: Comparison, max_images: int):
+    """Rows: images; columns: the input, then each init's explanation after N steps with its final loss."""
+    from matplotlib.figure import Figure
+
+    n = min(max_images, len(comparison.names))
+    cols = 1 + len(comparison.runs)
+    fig = Figure(figsize=(2.3 * cols, 2.5 * n), dpi=100)
+    axes = np.asarray(fig.subplots(n, cols, squeeze=False))
+    for i in range(n):
+        axes[i, 0].imshow(comparison.images[i].permute(1, 2, 0).clamp(0, 1).numpy())
+        axes[i, 0].set_title(comparison.names[i][:28], fontsize=8)
+        for j, (label, run) in enumerate(comparison.runs.items(), start=1):
+            loss = float(loss_at(run.history["loss"][i : i + 1], [comparison.steps], comparison.window)[comparison.steps])
+            axes[i, j].imshow(run.explanation[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
+            axes[i, j].set_title(f"{label} @{comparison.steps}: loss {loss:.3f}", fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return fig
 
 
 def _median_or_none(values: list[float]) -> float | None:
@@ -262,6 +299,10 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+
+
+def _cat_or_none(parts: Sequence[Tensor | None]) -> Tensor | None:
+    return None if any(p is None for p in parts) else torch.cat([p.cpu() for p in parts])
 
 
 def _tolist(t: Tensor | None) -> list | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from amortized.datasets import DEFAULT_VAL_FRACTION, ImageItem, list_images
 from rde import MaskLayout, load_preset
@@ -63,10 +63,13 @@ class ImageTargetDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def has_target(self, i: int) -> bool:
+        return self.store is not None and self.items[i].key in self.store.targets
+
     def __getitem__(self, i: int) -> dict:
         item = self.items[i]
         image = self._image(i)
-        target = self.store.targets.get(item.key) if self.store is not None else None
+        target = self.store.targets[item.key] if self.has_target(i) else None
         return {
             "image": image if image is not None else torch.zeros(3, self.size, self.size),
             "valid": image is not None,
@@ -99,6 +102,8 @@ class ImageDataModule(L.LightningDataModule):
         batch_size, val_batch_size, num_workers: loader settings.
         val_fraction: fraction of keys in the validation split.
         limit: use only the first ``limit`` images of each split (quick runs).
+        oversample_targets: training images with a target are drawn this many times more often than
+            those without (targets are scarce; 1 draws every image equally, without replacement).
     """
 
     def __init__(
@@ -112,6 +117,7 @@ class ImageDataModule(L.LightningDataModule):
         num_workers: int = 0,
         val_fraction: float = DEFAULT_VAL_FRACTION,
         limit: int | None = None,
+        oversample_targets: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -129,8 +135,15 @@ class ImageDataModule(L.LightningDataModule):
             self.datasets[split] = ImageTargetDataset(items, cfg.image_size, layout.num_entries, store)
 
     def train_dataloader(self) -> DataLoader:
+        dataset, factor = self.datasets["train"], self.hparams.oversample_targets
+        sampler = None
+        if factor != 1.0:
+            if factor <= 0:
+                raise ValueError(f"oversample_targets must be positive, got {factor}")
+            weights = torch.tensor([factor if dataset.has_target(i) else 1.0 for i in range(len(dataset))])
+            sampler = WeightedRandomSampler(weights, num_samples=len(dataset), replacement=True)
         return DataLoader(
-            self.datasets["train"], batch_size=self.hparams.batch_size, shuffle=True, drop_last=True,
+            dataset, batch_size=self.hparams.batch_size, shuffle=sampler is None, sampler=sampler, drop_last=True,
             num_workers=self.hparams.num_workers, collate_fn=_collate, persistent_workers=self.hparams.num_workers > 0,
         )
 

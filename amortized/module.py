@@ -35,7 +35,8 @@ class MaskInitializer(L.LightningModule):
     Args:
         classifier: registry name of the frozen classifier the masks explain.
         preset: the optimizer preset the targets were generated with (sets image size, wavelet, lambda).
-        width, decoder_width, floor, coefficient_inputs, init_bias: :class:`MaskNet` architecture.
+        width, decoder_width, floor, coefficient_inputs, init_bias: :class:`MaskNet` architecture (``floor``:
+            one value, or one per scale: lowpass, level 1 ... level J).
         lr, weight_decay: AdamW.
         under_weight: risk aversion; under-predicting a coefficient costs this many times more.
         scale_weights: per-scale weights of the supervised loss (lowpass, level 1 ... level J); default equal.
@@ -56,7 +57,7 @@ class MaskInitializer(L.LightningModule):
         preset: str = "cpu",
         width: int = 16,
         decoder_width: int = 32,
-        floor: float = 0.1,
+        floor: float | list[float] = 0.1,
         coefficient_inputs: bool = True,
         init_bias: float = 2.0,
         lr: float = 2e-3,

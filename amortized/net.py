@@ -10,6 +10,8 @@ too low can destroy the class and collapse the refinement (../shared/notes/initi
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -32,7 +34,8 @@ class MaskNet(nn.Module):
         wavelet: the DWT whose mask layout is predicted (must match the preset's).
         width: channels of the first stage; later stages use 2x, 3x, 4x, 6x ...
         decoder_width: channels of the top-down features and the heads.
-        floor: smallest value the network can output.
+        floor: smallest value the network can output: one number, or one per scale (lowpass, level 1
+            (finest) ... level J), e.g. a lower floor for the finest level, which exact masks drop almost entirely.
         coefficient_inputs: feed each head the wavelet magnitudes of its level (ablation switch).
         init_bias: initial head bias; 2.0 starts every prediction near ``floor + 0.88 (1 - floor)``, close
             to the all-ones start the exact optimizer is safe from, with sigmoid gradients still alive.
@@ -43,15 +46,18 @@ class MaskNet(nn.Module):
         wavelet: WaveletConfig | None = None,
         width: int = 16,
         decoder_width: int = 32,
-        floor: float = 0.1,
+        floor: float | Sequence[float] = 0.1,
         coefficient_inputs: bool = True,
         init_bias: float = 2.0,
     ) -> None:
         super().__init__()
-        if not 0.0 <= floor < 1.0:
-            raise ValueError(f"floor must lie in [0, 1), got {floor}")
         self.wavelet = wavelet or WaveletConfig()
-        self.floor = floor
+        floors = [float(floor)] * (self.wavelet.levels + 1) if isinstance(floor, (int, float)) else [float(f) for f in floor]
+        if len(floors) != self.wavelet.levels + 1:
+            raise ValueError(f"floor needs one value per scale (lowpass + {self.wavelet.levels} levels), got {len(floors)}")
+        if not all(0.0 <= f < 1.0 for f in floors):
+            raise ValueError(f"floor values must lie in [0, 1), got {floors}")
+        self.floors = floors
         self.coefficient_inputs = coefficient_inputs
         levels = self.wavelet.levels
         mults = [1, 2, 3, 4, 6, 8, 8, 8][:levels]
@@ -87,10 +93,15 @@ class MaskNet(nn.Module):
         return rep.to(device)
 
     def forward(self, images: Tensor) -> Tensor:
-        return self.mask_from_logits(self.logits(images))
+        return self.mask_from_logits(self.logits(images), self.layout(images.shape[2], images.shape[3]))
 
-    def mask_from_logits(self, logits: Tensor) -> Tensor:
-        return self.floor + (1.0 - self.floor) * torch.sigmoid(logits)
+    def floor_vector(self, layout: MaskLayout) -> Tensor:
+        """The floor of every mask entry, ``(k,)``."""
+        return torch.cat([torch.full((s.size,), f) for s, f in zip(layout.scales, self.floors)])
+
+    def mask_from_logits(self, logits: Tensor, layout: MaskLayout) -> Tensor:
+        floor = self.floor_vector(layout).to(logits)
+        return floor + (1.0 - floor) * torch.sigmoid(logits)
 
     def logits(self, images: Tensor) -> Tensor:
         """Pre-sigmoid outputs ``(B, k)`` in the layout of ``images``' size."""

@@ -75,7 +75,7 @@ def test_compare_end_to_end(tmp_path, tiny_checkpoint):
                  "--preset", "tiny", "--steps", "12", "--inits", "ones,learned,const:0.5",
                  "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--device", "cpu"])
     assert code == 0
-    for name in ("loss_curves.png", "loss_curves_per_image.png", "summary.csv", "per_image.csv", "comparison.json"):
+    for name in ("loss_curves.png", "loss_curves_per_image.png", "explanations.png", "summary.csv", "per_image.csv", "comparison.json"):
         assert (out / name).stat().st_size > 0, name
     rows = list(csv.DictReader((out / "summary.csv").open()))
     assert [r["init"] for r in rows] == ["ones", "learned", "const:0.5"]

@@ -87,3 +87,44 @@ def test_fit_reshuffles_each_epoch_without_repeats(shard_dir, num_workers):
     first, second = model.seen
     assert sorted(first) == sorted(second) == keys_of(40)
     assert first != second  # a new order every epoch
+
+
+def _image_dir(tmp_path, n: int):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for key in keys_of(n):
+        pixels = (torch.rand(20, 24, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"{key}.png")
+    return folder
+
+
+def test_image_datamodule_attaches_targets_by_key_and_oversamples_them(tmp_path):
+    from amortized.image_datamodule import ImageDataModule
+
+    images = _image_dir(tmp_path, 24)
+    with_target = keys_of(24)[:3]
+    write_fake_shards(tmp_path / "shards", with_target, 2)
+    plain = ImageDataModule(str(images), str(tmp_path / "shards"), preset="tiny", batch_size=4, val_fraction=0.0)
+    plain.setup("fit")
+    batches = list(plain.train_dataloader())
+    keys = [k for b in batches for k in b["key"]]
+    assert sorted(keys) == keys_of(24)  # factor 1: every image once
+    for b in batches:
+        for key, has, mask in zip(b["key"], b["has_mask"], b["mask"]):
+            assert bool(has) == (key in with_target)
+            assert bool(mask.abs().sum() > 0) == bool(has)
+
+    torch.manual_seed(0)
+    over = ImageDataModule(str(images), str(tmp_path / "shards"), preset="tiny", batch_size=4, val_fraction=0.0,
+                           oversample_targets=20.0)
+    over.setup("fit")
+    drawn = [bool(h) for _ in range(10) for b in over.train_dataloader() for h in b["has_mask"]]
+    share = sum(drawn) / len(drawn)
+    assert 0.55 < share < 0.9, share  # expected 3*20 / (3*20 + 21) = 0.74; without oversampling 0.125
+    bad = ImageDataModule(str(images), preset="tiny", oversample_targets=-1.0)
+    bad.setup("fit")
+    with pytest.raises(ValueError, match="oversample_targets"):
+        bad.train_dataloader()

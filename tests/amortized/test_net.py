@@ -41,9 +41,22 @@ def test_floor_and_gradient_reach_every_head():
         assert torch.allclose(net(x), torch.full_like(net(x), 0.2))
 
 
+def test_per_scale_floor():
+    floors = [0.3, 0.0, 0.05, 0.1, 0.2, 0.25]
+    net = MaskNet(width=4, decoder_width=8, floor=floors)
+    with torch.no_grad():
+        for head in [net.lowpass_head, *net.heads]:
+            head[-1].bias.fill_(-50.0)
+        parts = net.layout(64, 64).split(net(torch.rand(2, 3, 64, 64)))
+    for part, f in zip(parts, floors):
+        assert torch.allclose(part, torch.full_like(part, f))
+
+
 def test_bad_input_and_floor():
     with pytest.raises(ValueError, match="floor"):
         MaskNet(floor=1.0)
+    with pytest.raises(ValueError, match="one value per scale"):
+        MaskNet(floor=[0.1, 0.1])
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
         MaskNet()(torch.rand(3, 64, 64))
 
