@@ -13,6 +13,7 @@ and ``has_mask`` ``(B,)`` (rows without a target only feed the objective term).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import lightning as L
@@ -49,6 +50,8 @@ class MaskInitializer(L.LightningModule):
         refine_steps: refinement steps compared at validation (learned init vs ones); 0 disables.
         refine_images: how many validation images get the (costly) refinement comparison.
         refine_every_n_epochs: run the refinement comparison on the first and then every n-th validation run.
+        init_weights: start the network from this checkpoint's weights (fine-tuning, e.g. the bundled
+            initializer with a new loss); loaded when fitting starts, skipped when resuming with ``ckpt_path``.
     """
 
     def __init__(
@@ -73,6 +76,7 @@ class MaskInitializer(L.LightningModule):
         refine_steps: int = 30,
         refine_images: int = 4,
         refine_every_n_epochs: int = 1,
+        init_weights: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -170,6 +174,21 @@ class MaskInitializer(L.LightningModule):
             comparison = refinement_comparison(self.explainer(), self.net, x, steps)
         for k, v in comparison.items():
             self.log(f"val/refine{steps}_{k}", v)
+
+    def on_fit_start(self) -> None:
+        if self.hparams.init_weights and self.trainer.ckpt_path is None:
+            self.load_net_weights(self.hparams.init_weights)
+
+    def load_net_weights(self, path: str | Path) -> None:
+        """Copy the network weights of another initializer checkpoint (same architecture) into this one."""
+        ckpt = torch.load(path, map_location=self.device, weights_only=False)
+        state = {k[len("net.") :]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("net.")}
+        if not state:
+            raise ValueError(f"{path}: no initializer network weights in this checkpoint")
+        try:
+            self.net.load_state_dict(state)
+        except RuntimeError as e:
+            raise ValueError(f"{path}: its network does not match this one ({e})") from None
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -144,3 +144,21 @@ def test_wandb_logger_is_offline_and_makes_no_network_call(tmp_path, monkeypatch
     logger.experiment.finish()
     assert attempts == []
     assert list(tmp_path.rglob("offline-run-*")), "wandb did not write an offline run"
+
+
+def test_init_weights_fine_tunes_from_another_checkpoint(tmp_path):
+    source = MaskInitializer(**TINY_MODEL, refine_steps=0)
+    with torch.no_grad():
+        for p in source.net.parameters():
+            p.add_(torch.randn_like(p))
+    path = tmp_path / "source.ckpt"
+    torch.save({"state_dict": source.state_dict()}, path)
+    model = MaskInitializer(**TINY_MODEL, refine_steps=0, lr=0.0, weight_decay=0.0, init_weights=str(path))
+    k = model.net.layout(64, 64).num_entries
+    _trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, DataLoader(_synthetic(2, k), batch_size=2))
+    for (name, a), b in zip(source.net.named_parameters(), model.net.parameters()):
+        assert torch.equal(a, b), name  # lr 0: exactly the loaded weights
+
+    other = MaskInitializer(**{**TINY_MODEL, "width": 8}, refine_steps=0)
+    with pytest.raises(ValueError, match="does not match"):
+        other.load_net_weights(path)
