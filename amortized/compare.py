@@ -1,7 +1,8 @@
 """Compare initial masks for CartoonX by their loss curves, with identical noise seeds.
 
 For every init the exact optimizer runs N steps on the same images with the same per-image seeds.
-The report gives, per init: final loss/distortion/sparsity, steps-to-reach (the first step from which
+The report gives, per init: final loss/distortion/sparsity, how many runs collapsed (lost the class:
+their low loss is the empty mask's, so they never count as reaching), steps-to-reach (the first step from which
 the 10-step moving average stays at or below the ones-init average at step N), the speedup N / steps,
 the moving-average loss at fixed steps, and wall time including any network forward pass; and
 rate-distortion curves of the final masks.
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from rde import CartoonX
 from rde.init import InitSpec
-from rde.metrics import loss_at, rate_distortion_curve, reference_level, steps_to_reach
+from rde.metrics import collapsed, loss_at, rate_distortion_curve, reference_level, steps_to_reach
 
 InitFactory = Callable[[Tensor], Tensor]
 FIXED_STEPS = (10, 30, 100)
@@ -42,6 +43,7 @@ class InitRun:
     rd_keep: Tensor | None = None
     rd_randomize: Tensor | None = None
     explanation: Tensor | None = None  # (B, 1, H, W) the CartoonX image of the final mask
+    collapsed: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.bool))  # (B,) class lost
 
 
 @dataclass
@@ -69,6 +71,7 @@ class Comparison:
                 None if rs[0].rd_keep is None else torch.cat([r.rd_keep.cpu() for r in rs]),
                 None if rs[0].rd_randomize is None else torch.cat([r.rd_randomize.cpu() for r in rs]),
                 _cat_or_none([r.explanation for r in rs]),
+                torch.cat([r.collapsed for r in rs]),
             )
         images = _cat_or_none([p.images for p in parts])
         return Comparison([n for p in parts for n in p.names], first.steps, runs, first.window, images)
@@ -86,6 +89,7 @@ class Comparison:
                     "final_loss_ma": float(loss_at(run.history["loss"][i : i + 1], [self.steps], self.window)[self.steps]),
                     "final_distortion": float(run.history["distortion"][i, -1]),
                     "final_sparsity": float(run.history["sparsity"][i, -1]),
+                    "collapsed": bool(run.collapsed[i]),
                     "steps_to_reach": str_ if math.isfinite(str_) else None,
                     "speedup": self.steps / str_ if math.isfinite(str_) else 0.0,
                     "seconds": run.seconds / len(self.names),
@@ -106,6 +110,7 @@ class Comparison:
                 "final_loss": statistics.mean(r["final_loss_ma"] for r in per),
                 "final_distortion": statistics.mean(r["final_distortion"] for r in per),
                 "final_sparsity": statistics.mean(r["final_sparsity"] for r in per),
+                "collapsed": sum(r["collapsed"] for r in per),
                 "median_steps_to_reach": _median_or_none([r["steps_to_reach"] or math.inf for r in per]),
                 "median_speedup": statistics.median(speed),
                 "speedup_q25": float(np.quantile(speed, 0.25)),
@@ -141,14 +146,15 @@ class Comparison:
         return paths
 
     def format_table(self) -> str:
-        head = f"{'init':<10} {'final loss':>10} {'distortion':>10} {'sparsity':>9} {'steps->ones@N':>14} {'speedup (q25-q75)':>20} {'s/image':>8}"
+        head = (f"{'init':<10} {'final loss':>10} {'distortion':>10} {'sparsity':>9} {'collapsed':>9} {'steps->ones@N':>14} "
+                f"{'speedup (q25-q75)':>20} {'s/image':>8}")
         lines = [head, "-" * len(head)]
         for r in self.summary_rows():
             reach = "never" if r["median_steps_to_reach"] is None else f"{r['median_steps_to_reach']:.0f}"
             spd = f"{r['median_speedup']:.1f}x ({r['speedup_q25']:.1f}-{r['speedup_q75']:.1f})"
             lines.append(
                 f"{r['init']:<10} {r['final_loss']:>10.4f} {r['final_distortion']:>10.4f} {r['final_sparsity']:>9.4f} "
-                f"{reach:>14} {spd:>20} {r['seconds_per_image']:>8.1f}"
+                f"{r['collapsed']:>9d} {reach:>14} {spd:>20} {r['seconds_per_image']:>8.1f}"
             )
         return "\n".join(lines)
 
@@ -180,9 +186,12 @@ def compare_inits(
         res = explainer.explain(images, init=init, steps=steps, seed=seed, show_progress=show_progress)
         runs[label] = InitRun(label, res.history, res.mask, time.perf_counter() - start, init_seconds)
         runs[label].explanation = res.explanation.detach().cpu()
+        runs[label].collapsed = collapsed(res.history["distortion"], res.target_probs.cpu(), window)
     ref = reference_level(runs["ones"].history["loss"], window)
-    for run in runs.values():
+    for label, run in runs.items():
         run.steps_to_reach = steps_to_reach(run.history["loss"], ref, window)
+        if label != "ones":  # an empty mask's low loss is not an explanation reached faster
+            run.steps_to_reach[run.collapsed] = float("inf")
         if rate_distortion:
             run.rd_keep = rate_distortion_curve(explainer, images, run.mask.to(images.device), RD_FRACTIONS, "keep", rd_samples, seed)
             run.rd_randomize = rate_distortion_curve(

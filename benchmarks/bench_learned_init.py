@@ -79,6 +79,7 @@ def main() -> None:
     print(f"steps-to-reach ones@{steps}: {quartiles(reach, hit)}")
     print(f"speedup N/steps:          {quartiles(speed, hit)}")
     print(f"wall-time speedup:        median {statistics.median(wall):.1f}x (init {init_s * 1000:.0f} ms/image)")
+    print(f"collapsed (class lost):   learned {int(lrn.collapsed.sum())}/{len(items)}, ones {int(ones.collapsed.sum())}/{len(items)}")
     print(f"zero-step loss ratio:     median {statistics.median(zero):.2f} (predicted mask at step 0 / ones final)")
     for name, run in comp.runs.items():
         h = run.history

@@ -40,6 +40,18 @@ def steps_to_reach(curves: Tensor, reference: Tensor, window: int = 10) -> Tenso
     return result
 
 
+def collapsed(distortion: Tensor, target_probs: Tensor, window: int = 10, fraction: float = 0.5) -> Tensor:
+    """``(B,)`` bool: the run ended with the class gone, its final distortion at least ``fraction * p_j(x)^2``.
+
+    An empty mask has distortion ~``p_j(x)^2`` and zero sparsity, so for low-confidence images its loss
+    can undercut a real explanation's. Such a run "reaches" a loss level without explaining anything;
+    comparisons must not count it. Exact all-ones optima keep >= 40 % of the class probability
+    (distortion <= 0.36 p^2) on the shared sample's targets, so 0.5 separates the two.
+    """
+    final = moving_average(distortion, window)[:, -1]
+    return final >= fraction * target_probs.to(final).square()
+
+
 def reference_level(ones_curves: Tensor, window: int = 10) -> Tensor:
     """The target of steps-to-reach: the ones-init moving average at the last step, ``(B,)``."""
     return moving_average(ones_curves, window)[:, -1]

@@ -100,3 +100,31 @@ def test_exported_checkpoint_is_smaller_and_still_loads(tmp_path, tiny_checkpoin
     b = LearnedInitializer.from_checkpoint(out, "tiny-test", "tiny")
     x = torch.rand(1, 3, 64, 64)
     assert torch.equal(a(x), b(x))
+
+
+class _Brightness(torch.nn.Module):
+    """Two classes by mean brightness: bright images are class 0 (p ~ 0.92 at mean 0.5), black ones are not."""
+
+    def forward(self, x):
+        z = 10 * (x.mean((1, 2, 3)) - 0.25)
+        return torch.stack([z, torch.zeros_like(z)], -1)
+
+
+def test_collapsed_runs_never_count_as_reaching():
+    """An init that empties the mask undercuts the ones loss but must not 'reach': it explains nothing."""
+    from amortized.compare import compare_inits
+    from rde.classifiers import Classifier
+
+    clf = Classifier(_Brightness(), class_names=["bright", "dark"])
+    explainer = CartoonX(clf, "tiny", obfuscation="zero", lam=1000.0)  # huge lambda: emptying pays
+    images = torch.rand(2, 3, 64, 64)
+    k = explainer.representation(64, 64, torch.device("cpu")).layout.num_entries
+    comp = compare_inits(explainer, images, {"ones": "ones", "empty": torch.zeros(2, k)}, steps=6, rate_distortion=False)
+    empty = comp.runs["empty"]
+    assert (empty.history["loss"][:, -1] < comp.runs["ones"].history["loss"][:, -1]).all()  # lower loss...
+    assert empty.collapsed.all() and torch.isinf(empty.steps_to_reach).all()  # ...but no explanation
+    assert not comp.runs["ones"].collapsed.any()
+    rows = [r for r in comp.per_image_rows() if r["init"] == "empty"]
+    assert all(r["collapsed"] and r["steps_to_reach"] is None and r["speedup"] == 0.0 for r in rows)
+    assert comp.summary_rows()[1]["collapsed"] == 2
+    assert "collapsed" in comp.format_table()

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rde.metrics import loss_at, moving_average, reference_level, steps_to_reach
+from rde.metrics import collapsed, loss_at, moving_average, reference_level, steps_to_reach
 
 
 def test_moving_average_by_hand():
@@ -54,3 +54,16 @@ def test_loss_at_uses_moving_average():
 def test_loss_at_rejects_step_zero():
     with pytest.raises(ValueError):
         loss_at(torch.ones(1, 5), [0])
+
+
+def test_collapsed_compares_final_distortion_with_the_class_probability():
+    # p(x) = 0.4: an empty mask has distortion 0.16; a kept class ~0.01.
+    steps = 30
+    kept = torch.full((steps,), 0.01)
+    empty = torch.cat([torch.full((20,), 0.01), torch.full((10,), 0.16)])
+    late_recovery = torch.cat([torch.full((20,), 0.16), torch.full((10,), 0.02)])
+    curves = torch.stack([kept, empty, late_recovery])
+    flags = collapsed(curves, torch.tensor([0.4, 0.4, 0.4]))
+    assert flags.tolist() == [False, True, False]
+    # The same distortion is no collapse for a confident image: 0.16 < 0.5 * 0.99^2.
+    assert collapsed(empty[None], torch.tensor([0.99])).tolist() == [False]
