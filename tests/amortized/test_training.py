@@ -162,3 +162,13 @@ def test_init_weights_fine_tunes_from_another_checkpoint(tmp_path):
     other = MaskInitializer(**{**TINY_MODEL, "width": 8}, refine_steps=0)
     with pytest.raises(ValueError, match="does not match"):
         other.load_net_weights(path)
+
+
+@pytest.mark.parametrize("config", sorted((Path(__file__).parents[2] / "configs" / "train").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_training_configs_parse(config, capsys):
+    """Every option in the shipped configs exists (a renamed argument would fail here, not in a user's run)."""
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["fit", "--config", str(config), "--print_config"])
+    assert exit_.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["classifier"] == "efficientnet_lite0"
