@@ -2,7 +2,7 @@
 
 For every init the exact optimizer runs N steps on the same images with the same per-image seeds.
 The report gives, per init: final loss/distortion/sparsity, how many runs collapsed (lost the class:
-their low loss is the empty mask's, so they never count as reaching), steps-to-reach (the first step from which
+their low loss is the empty mask's, so where the ones run kept the class they never count as reaching), steps-to-reach (the first step from which
 the 10-step moving average stays at or below the ones-init average at step N), the speedup N / steps,
 the moving-average loss at fixed steps, and wall time including any network forward pass; and
 rate-distortion curves of the final masks.
@@ -36,7 +36,7 @@ RD_FRACTIONS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 1.0)
 class InitRun:
     name: str
     history: dict[str, Tensor]  # (B, N) each
-    mask: Tensor  # (B, k) final
+    mask: Tensor | None  # (B, k) final; None for runs loaded from JSON
     seconds: float  # wall time for the batch, init included
     init_seconds: float
     steps_to_reach: Tensor = field(default_factory=lambda: torch.empty(0))
@@ -64,17 +64,43 @@ class Comparison:
             runs[label] = InitRun(
                 label,
                 {h: torch.cat([r.history[h] for r in rs]) for h in first.runs[label].history},
-                torch.cat([r.mask.cpu() for r in rs]),
+                _cat_or_none([r.mask for r in rs]),
                 sum(r.seconds for r in rs),
                 sum(r.init_seconds for r in rs),
                 torch.cat([r.steps_to_reach for r in rs]),
-                None if rs[0].rd_keep is None else torch.cat([r.rd_keep.cpu() for r in rs]),
-                None if rs[0].rd_randomize is None else torch.cat([r.rd_randomize.cpu() for r in rs]),
+                _cat_or_none([r.rd_keep for r in rs]),
+                _cat_or_none([r.rd_randomize for r in rs]),
                 _cat_or_none([r.explanation for r in rs]),
                 torch.cat([r.collapsed for r in rs]),
             )
         images = _cat_or_none([p.images for p in parts])
         return Comparison([n for p in parts for n in p.names], first.steps, runs, first.window, images)
+
+    @staticmethod
+    def load(path: str | Path) -> Comparison:
+        """Read back what :meth:`save` wrote to ``comparison.json`` (curves, flags, times; not masks or images),
+        so that a long comparison can resume and be concatenated with new images."""
+        data = json.loads(Path(path).read_text())
+        names, runs = data["images"], {}
+        for init, curves in data["curves"].items():
+            rows = {r["image"]: r for r in data["per_image"] if r["init"] == init}
+            if len(rows) != len(names):
+                raise ValueError(f"{path}: per-image rows of {init!r} do not match its {len(names)} images")
+            rows = [rows[n] for n in names]
+            rd = data.get("rate_distortion", {}).get(init, {})
+            runs[init] = InitRun(
+                init,
+                {h: torch.tensor(v) for h, v in curves.items()},
+                None,
+                sum(r["seconds"] for r in rows),
+                sum(r.get("init_seconds", 0.0) for r in rows),
+                torch.tensor([math.inf if r["steps_to_reach"] is None else r["steps_to_reach"] for r in rows], dtype=torch.float64),
+                None if rd.get("keep") is None else torch.tensor(rd["keep"]),
+                None if rd.get("randomize") is None else torch.tensor(rd["randomize"]),
+                None,
+                torch.tensor([bool(r.get("collapsed", False)) for r in rows]),
+            )
+        return Comparison(names, data["steps"], runs, data["window"])
 
     def per_image_rows(self) -> list[dict]:
         rows = []
@@ -93,6 +119,7 @@ class Comparison:
                     "steps_to_reach": str_ if math.isfinite(str_) else None,
                     "speedup": self.steps / str_ if math.isfinite(str_) else 0.0,
                     "seconds": run.seconds / len(self.names),
+                    "init_seconds": run.init_seconds / len(self.names),
                 }
                 row.update({f"loss_at_{s}": float(v[i]) for s, v in fixed.items()})
                 rows.append(row)
@@ -159,6 +186,21 @@ class Comparison:
         return "\n".join(lines)
 
 
+def load_finished(out: str | Path, steps: int, inits: Sequence[str]) -> Comparison | None:
+    """The comparison an interrupted run left in ``out``, if any; refused if its steps or inits differ."""
+    path = Path(out) / "comparison.json"
+    if not path.exists():
+        return None
+    done = Comparison.load(path)
+    expected = ["ones", *[i for i in inits if i != "ones"]]
+    if done.steps != steps or list(done.runs) != expected:
+        raise ValueError(
+            f"{path} holds a comparison of {list(done.runs)} over {done.steps} steps, not {expected} over {steps}; "
+            "use another --out, or drop --resume to overwrite it"
+        )
+    return done
+
+
 def compare_inits(
     explainer: CartoonX,
     images: Tensor,
@@ -190,8 +232,8 @@ def compare_inits(
     ref = reference_level(runs["ones"].history["loss"], window)
     for label, run in runs.items():
         run.steps_to_reach = steps_to_reach(run.history["loss"], ref, window)
-        if label != "ones":  # an empty mask's low loss is not an explanation reached faster
-            run.steps_to_reach[run.collapsed] = float("inf")
+        if label != "ones":  # losing the class where ones keeps it is not reaching its level faster
+            run.steps_to_reach[run.collapsed & ~runs["ones"].collapsed] = float("inf")
         if rate_distortion:
             run.rd_keep = rate_distortion_curve(explainer, images, run.mask.to(images.device), RD_FRACTIONS, "keep", rd_samples, seed)
             run.rd_randomize = rate_distortion_curve(

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import rde
-from amortized.compare import Comparison, compare_inits, plot_comparison
+from amortized.compare import Comparison, compare_inits, load_finished, plot_comparison
 from amortized.datasets import list_images
 from amortized.initializer import LearnedInitializer, bundled_checkpoint
 from rde.io import load_image, preprocess
@@ -46,6 +46,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("outputs/bench-learned-init"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--resume", action="store_true", help="keep the images already in OUT/comparison.json")
     args = p.parse_args()
 
     preset = rde.load_preset(args.preset)
@@ -55,8 +56,10 @@ def main() -> None:
     ckpt = args.checkpoint or bundled_checkpoint(args.model, preset.name)
     learned = LearnedInitializer.from_checkpoint(ckpt, args.model, preset, device=device)
     items = list_images(args.images, args.split)[: args.limit]
-    parts = []
-    for item in items:  # one image at a time: batching does not pay on a CPU
+    done = load_finished(args.out, steps, ["ones", "learned"]) if args.resume else None
+    parts = [done] if done is not None else []
+    todo = [i for i in items if done is None or i.key not in done.names]
+    for item in todo:  # one image at a time: batching does not pay on a CPU
         x = preprocess(load_image(item.path), preset.image_size)[None].to(device)
         parts.append(compare_inits(explainer, x, {"ones": "ones", "learned": lambda im: learned(im, explainer, seed=args.seed)},
                                    steps, [item.key], seed=args.seed, rate_distortion=False))
@@ -66,20 +69,21 @@ def main() -> None:
     plot_comparison(comp, args.out)
 
     ones, lrn = comp.runs["ones"], comp.runs["learned"]
+    n = len(comp.names)
     reach = lrn.steps_to_reach.tolist()
     speed = [steps / r if math.isfinite(r) else 0.0 for r in reach]
-    ones_total = ones.seconds / len(items)
-    per_step = (lrn.seconds - lrn.init_seconds) / steps / len(items)
-    init_s = lrn.init_seconds / len(items)
+    ones_total = ones.seconds / n
+    per_step = (lrn.seconds - lrn.init_seconds) / steps / n
+    init_s = lrn.init_seconds / n
     wall = [ones_total / (init_s + per_step * r) if math.isfinite(r) else 0.0 for r in reach]
     ref = reference_level(ones.history["loss"])
     zero = (lrn.history["loss"][:, 0] / ref).tolist()
-    print(f"{len(items)} {args.split} images, {args.model}, preset {preset.name}, N={steps}, checkpoint {ckpt}")
+    print(f"{n} {args.split} images, {args.model}, preset {preset.name}, N={steps}, checkpoint {ckpt}")
     hit = [math.isfinite(r) for r in reach]
     print(f"steps-to-reach ones@{steps}: {quartiles(reach, hit)}")
     print(f"speedup N/steps:          {quartiles(speed, hit)}")
     print(f"wall-time speedup:        median {statistics.median(wall):.1f}x (init {init_s * 1000:.0f} ms/image)")
-    print(f"collapsed (class lost):   learned {int(lrn.collapsed.sum())}/{len(items)}, ones {int(ones.collapsed.sum())}/{len(items)}")
+    print(f"collapsed (class lost):   learned {int(lrn.collapsed.sum())}/{n}, ones {int(ones.collapsed.sum())}/{n}")
     print(f"zero-step loss ratio:     median {statistics.median(zero):.2f} (predicted mask at step 0 / ones final)")
     for name, run in comp.runs.items():
         h = run.history

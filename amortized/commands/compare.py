@@ -36,6 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=1, help="images optimized together (default: 1)")
     parser.add_argument("--no-rate-distortion", action="store_true", help="skip the rate-distortion curves")
     parser.add_argument("--out", type=Path, default=Path("outputs/compare"), help="output directory")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the images already in OUT/comparison.json (same inits, steps and seed) and run the rest")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
 
@@ -46,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
 
     import rde
     from amortized.commands.explain import resolve_device
-    from amortized.compare import Comparison, compare_inits, plot_comparison
+    from amortized.compare import Comparison, compare_inits, load_finished, plot_comparison
     from rde.init import parse_init
     from rde.io import ImageLoadError, load_image, preprocess
 
@@ -85,6 +87,12 @@ def run(args: argparse.Namespace) -> int:
         inits["learned"] = lambda x: learned(x, explainer, seed=args.seed)
 
     parts = []
+    done = load_finished(args.out, steps, labels) if args.resume else None
+    if done is not None:
+        parts.append(done)
+        keep = [i for i, n in enumerate(names) if n not in set(done.names)]
+        print(f"cartoonx compare: resuming, {len(names) - len(keep)} image(s) already in {args.out}", file=sys.stderr)
+        images, names = [images[i] for i in keep], [names[i] for i in keep]
     batch = max(1, args.batch_size)
     for start in tqdm(range(0, len(images), batch), desc="compare", unit="batch"):
         x = torch.stack(images[start : start + batch]).to(device)

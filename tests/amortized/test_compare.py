@@ -128,3 +128,33 @@ def test_collapsed_runs_never_count_as_reaching():
     assert all(r["collapsed"] and r["steps_to_reach"] is None and r["speedup"] == 0.0 for r in rows)
     assert comp.summary_rows()[1]["collapsed"] == 2
     assert "collapsed" in comp.format_table()
+
+
+def test_compare_resumes_from_its_saved_json(tmp_path, tiny_checkpoint):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray((torch.rand(80, 90, 3) * 255).byte().numpy()).save(photos / f"img{i}.png")
+    out = tmp_path / "cmp"
+    common = ["--model", "tiny-test", "--preset", "tiny", "--steps", "5", "--inits", "ones,learned",
+              "--checkpoint", str(tiny_checkpoint), "--out", str(out), "--device", "cpu", "--no-rate-distortion"]
+    assert main(["compare", str(photos / "img0.png"), str(photos / "img1.png"), *common]) == 0
+    first = json.loads((out / "comparison.json").read_text())
+    assert main(["compare", str(photos), "--resume", *common]) == 0
+    both = json.loads((out / "comparison.json").read_text())
+    assert both["images"] == ["img0", "img1", "img2"]
+    for init in ("ones", "learned"):  # the finished images are kept bit for bit, not recomputed
+        assert both["curves"][init]["loss"][:2] == first["curves"][init]["loss"]
+    other_n = [("7" if a == "5" else a) for a in common]
+    assert main(["compare", str(photos), "--resume", *other_n]) == 2  # refused: another N
+
+
+def test_loaded_comparison_matches_the_saved_one(tmp_path):
+    from amortized.compare import Comparison, compare_inits
+
+    explainer = CartoonX(create_classifier("tiny-test"), "tiny")
+    comp = compare_inits(explainer, torch.rand(2, 3, 64, 64), {"const:0.5": "const:0.5"}, steps=12, names=["a", "b"])
+    comp.save(tmp_path)
+    back = Comparison.load(tmp_path / "comparison.json")
+    assert back.per_image_rows() == comp.per_image_rows()
+    assert back.summary_rows() == comp.summary_rows()
