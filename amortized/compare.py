@@ -94,12 +94,13 @@ class Comparison:
                 None,
                 sum(r["seconds"] for r in rows),
                 sum(r.get("init_seconds", 0.0) for r in rows),
-                torch.tensor([math.inf if r["steps_to_reach"] is None else r["steps_to_reach"] for r in rows], dtype=torch.float64),
+                torch.empty(0),
                 None if rd.get("keep") is None else torch.tensor(rd["keep"]),
                 None if rd.get("randomize") is None else torch.tensor(rd["randomize"]),
                 None,
                 torch.tensor([bool(r.get("collapsed", False)) for r in rows]),
             )
+        _set_steps_to_reach(runs, data["window"])
         return Comparison(names, data["steps"], runs, data["window"])
 
     def per_image_rows(self) -> list[dict]:
@@ -229,17 +230,24 @@ def compare_inits(
         runs[label] = InitRun(label, res.history, res.mask, time.perf_counter() - start, init_seconds)
         runs[label].explanation = res.explanation.detach().cpu()
         runs[label].collapsed = collapsed(res.history["distortion"], res.target_probs.cpu(), window)
-    ref = reference_level(runs["ones"].history["loss"], window)
-    for label, run in runs.items():
-        run.steps_to_reach = steps_to_reach(run.history["loss"], ref, window)
-        if label != "ones":  # losing the class where ones keeps it is not reaching its level faster
-            run.steps_to_reach[run.collapsed & ~runs["ones"].collapsed] = float("inf")
+    _set_steps_to_reach(runs, window)
+    for run in runs.values():
         if rate_distortion:
             run.rd_keep = rate_distortion_curve(explainer, images, run.mask.to(images.device), RD_FRACTIONS, "keep", rd_samples, seed)
             run.rd_randomize = rate_distortion_curve(
                 explainer, images, run.mask.to(images.device), RD_FRACTIONS, "randomize", rd_samples, seed
             )
     return Comparison(names, steps, runs, window, images.detach().cpu())
+
+
+def _set_steps_to_reach(runs: dict[str, InitRun], window: int) -> None:
+    """Steps-to-reach the ones run's final level; losing the class where ones keeps it never counts as reaching."""
+    ones = runs["ones"]
+    ref = reference_level(ones.history["loss"], window)
+    for label, run in runs.items():
+        run.steps_to_reach = steps_to_reach(run.history["loss"], ref, window)
+        if label != "ones":
+            run.steps_to_reach[run.collapsed & ~ones.collapsed] = float("inf")
 
 
 def plot_comparison(comparison: Comparison, out: str | Path) -> list[Path]:
