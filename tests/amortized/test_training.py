@@ -95,7 +95,7 @@ def test_objective_only_training_without_shards_and_resume(tmp_path, imagenet_sa
     cli = cli_main(["fit", "--config", str(config)])
     assert cli.trainer.global_step == 2
     metrics = cli.trainer.callback_metrics
-    assert "train/objective" in metrics and "val/rde_loss_learned" in metrics and "val/refine2_ratio" in metrics
+    assert "train/objective" in metrics and "val/rde_loss_learned" in metrics and "val/refine2_ratio" in metrics and "val/refine2_collapsed" in metrics
     last = tmp_path / "ckpt" / "last.ckpt"
     ckpt = torch.load(last, weights_only=False)
     assert ckpt[CHECKPOINT_KEY]["classifier"] == "tiny-test"
