@@ -1,11 +1,11 @@
 """Compare initial masks for CartoonX by their loss curves, with identical noise seeds.
 
 For every init the exact optimizer runs N steps on the same images with the same per-image seeds.
-The report gives, per init: final loss/distortion/sparsity, how many runs collapsed (lost the class:
-their low loss is the empty mask's, so where the ones run kept the class they never count as reaching), steps-to-reach (the first step from which
-the 10-step moving average stays at or below the ones-init average at step N), the speedup N / steps,
-the moving-average loss at fixed steps, and wall time including any network forward pass; and
-rate-distortion curves of the final masks.
+The report gives, per init: final loss/distortion/sparsity; how many runs collapsed (lost the class:
+their low loss is the empty mask's, so where the ones run kept the class they never count as
+reaching); steps-to-reach (the first step from which the 10-step moving average stays at or below
+the ones-init average at step N); the speedup N / steps; the moving-average loss at fixed steps;
+wall time including any network forward pass; and rate-distortion curves of the final masks.
 """
 
 from __future__ import annotations
