@@ -158,3 +158,17 @@ def test_loaded_comparison_matches_the_saved_one(tmp_path):
     back = Comparison.load(tmp_path / "comparison.json")
     assert back.per_image_rows() == comp.per_image_rows()
     assert back.summary_rows() == comp.summary_rows()
+
+
+def test_collapse_counts_against_an_init_only_where_ones_kept_the_class():
+    from amortized.compare import compare_inits
+    from rde.classifiers import Classifier
+
+    clf = Classifier(_Brightness(), class_names=["bright", "dark"])
+    # lr 0.5 with a huge lambda: the ones run empties its mask too, so both end without the class.
+    explainer = CartoonX(clf, "tiny", obfuscation="zero", lam=1e6, lr=0.5)
+    images = torch.rand(2, 3, 64, 64)
+    k = explainer.representation(64, 64, torch.device("cpu")).layout.num_entries
+    comp = compare_inits(explainer, images, {"empty": torch.zeros(2, k)}, steps=30, rate_distortion=False)
+    assert comp.runs["ones"].collapsed.all() and comp.runs["empty"].collapsed.all()
+    assert torch.isfinite(comp.runs["empty"].steps_to_reach).all()  # compared as is
