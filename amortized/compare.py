@@ -91,14 +91,12 @@ class Comparison:
             runs[init] = InitRun(
                 init,
                 {h: torch.tensor(v) for h, v in curves.items()},
-                None,
-                sum(r["seconds"] for r in rows),
-                sum(r.get("init_seconds", 0.0) for r in rows),
-                torch.empty(0),
-                None if rd.get("keep") is None else torch.tensor(rd["keep"]),
-                None if rd.get("randomize") is None else torch.tensor(rd["randomize"]),
-                None,
-                torch.tensor([bool(r.get("collapsed", False)) for r in rows]),
+                mask=None,
+                seconds=sum(r["seconds"] for r in rows),
+                init_seconds=sum(r.get("init_seconds", 0.0) for r in rows),
+                rd_keep=None if rd.get("keep") is None else torch.tensor(rd["keep"]),
+                rd_randomize=None if rd.get("randomize") is None else torch.tensor(rd["randomize"]),
+                collapsed=torch.tensor([bool(r.get("collapsed", False)) for r in rows]),
             )
         _set_steps_to_reach(runs, data["window"])
         return Comparison(names, data["steps"], runs, data["window"])
@@ -129,8 +127,9 @@ class Comparison:
     def summary_rows(self) -> list[dict]:
         rows = []
         ones = self.runs.get("ones")
+        per_image = self.per_image_rows()
         for init, run in self.runs.items():
-            per = [r for r in self.per_image_rows() if r["init"] == init]
+            per = [r for r in per_image if r["init"] == init]
             speed = [r["speedup"] for r in per]
             row = {
                 "init": init,
@@ -146,7 +145,8 @@ class Comparison:
                 "seconds_per_image": run.seconds / len(per),
             }
             if ones is not None:
-                row["wall_speedup_at_reach"] = _wall_speedup(run, ones, self.steps)
+                reach = statistics.median(run.steps_to_reach.tolist())
+                row["wall_speedup_at_reach"] = wall_speedup(run, ones, self.steps, reach)
             rows.append(row)
         return rows
 
@@ -227,9 +227,11 @@ def compare_inits(
         init = spec(images) if callable(spec) else spec
         init_seconds = time.perf_counter() - start
         res = explainer.explain(images, init=init, steps=steps, seed=seed, show_progress=show_progress)
-        runs[label] = InitRun(label, res.history, res.mask, time.perf_counter() - start, init_seconds)
-        runs[label].explanation = res.explanation.detach().cpu()
-        runs[label].collapsed = collapsed(res.history["distortion"], res.target_probs.cpu(), window)
+        runs[label] = InitRun(
+            label, res.history, res.mask, time.perf_counter() - start, init_seconds,
+            explanation=res.explanation.detach().cpu(),
+            collapsed=collapsed(res.history["distortion"], res.target_probs, window),
+        )
     _set_steps_to_reach(runs, window)
     for run in runs.values():
         if rate_distortion:
@@ -344,9 +346,9 @@ def _median_or_none(values: list[float]) -> float | None:
     return None if math.isinf(m) else m
 
 
-def _wall_speedup(run: InitRun, ones: InitRun, steps: int) -> float:
-    """Wall-time speedup to reach the ones@N level: ones' time for N steps over this init's time to its median steps-to-reach."""
-    reach = statistics.median(run.steps_to_reach.tolist())
+def wall_speedup(run: InitRun, ones: InitRun, steps: int, reach: float) -> float:
+    """Wall-time speedup to reach the ones@N level in ``reach`` steps: the ones run's time for N steps over
+    this init's time for its network forward pass plus ``reach`` steps; 0 where it never reaches."""
     if not math.isfinite(reach) or run.seconds <= 0:
         return 0.0
     per_step = (run.seconds - run.init_seconds) / steps

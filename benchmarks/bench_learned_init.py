@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 import rde
-from amortized.compare import Comparison, compare_inits, load_finished, plot_comparison
+from amortized.compare import Comparison, compare_inits, load_finished, plot_comparison, wall_speedup
 from amortized.datasets import list_images
 from amortized.initializer import LearnedInitializer, bundled_checkpoint
 from rde.io import load_image, preprocess
@@ -71,11 +71,9 @@ def main() -> None:
     ones, lrn = comp.runs["ones"], comp.runs["learned"]
     n = len(comp.names)
     reach = lrn.steps_to_reach.tolist()
-    speed = [steps / r if math.isfinite(r) else 0.0 for r in reach]
-    ones_total = ones.seconds / n
-    per_step = (lrn.seconds - lrn.init_seconds) / steps / n
+    speed = [r["speedup"] for r in comp.per_image_rows() if r["init"] == "learned"]
     init_s = lrn.init_seconds / n
-    wall = [ones_total / (init_s + per_step * r) if math.isfinite(r) else 0.0 for r in reach]
+    wall = [wall_speedup(lrn, ones, steps, r) for r in reach]  # batch totals: per-image ratios are the same
     ref = reference_level(ones.history["loss"])
     zero = (lrn.history["loss"][:, 0] / ref).tolist()
     print(f"{n} {args.split} images, {args.model}, preset {preset.name}, N={steps}, checkpoint {ckpt}")
