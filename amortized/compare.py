@@ -4,7 +4,9 @@ For every init the exact optimizer runs N steps on the same images with the same
 The report gives, per init: final loss/distortion/sparsity; how many runs collapsed (lost the class:
 their low loss is the empty mask's, so where the ones run kept the class they never count as
 reaching); steps-to-reach (the first step from which the 10-step moving average stays at or below
-the ones-init average at step N); the speedup N / steps; the moving-average loss at fixed steps;
+the ones-init average at step N, plus what the start itself cost in classifier passes, counted in
+optimizer steps: a learned start's probe and guard checks); the speedup N / steps; the moving-average
+loss at fixed steps;
 wall time including any network forward pass; and rate-distortion curves of the final masks.
 """
 
@@ -44,6 +46,11 @@ class InitRun:
     rd_randomize: Tensor | None = None
     explanation: Tensor | None = None  # (B, 1, H, W) the CartoonX image of the final mask
     collapsed: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.bool))  # (B,) class lost
+    start_cost: Tensor | None = None  # (B,) classifier passes the start cost, in optimizer steps (None: free)
+
+    def cost(self) -> Tensor:
+        n = len(self.history["loss"])
+        return torch.zeros(n, dtype=torch.float64) if self.start_cost is None else self.start_cost.double()
 
 
 @dataclass
@@ -72,6 +79,7 @@ class Comparison:
                 _cat_or_none([r.rd_randomize for r in rs]),
                 _cat_or_none([r.explanation for r in rs]),
                 torch.cat([r.collapsed for r in rs]),
+                torch.cat([r.cost() for r in rs]),
             )
         images = _cat_or_none([p.images for p in parts])
         return Comparison([n for p in parts for n in p.names], first.steps, runs, first.window, images)
@@ -97,6 +105,7 @@ class Comparison:
                 rd_keep=None if rd.get("keep") is None else torch.tensor(rd["keep"]),
                 rd_randomize=None if rd.get("randomize") is None else torch.tensor(rd["randomize"]),
                 collapsed=torch.tensor([bool(r.get("collapsed", False)) for r in rows]),
+                start_cost=torch.tensor([float(r.get("start_steps", 0.0)) for r in rows], dtype=torch.float64),
             )
         _set_steps_to_reach(runs, data["window"])
         return Comparison(names, data["steps"], runs, data["window"])
@@ -116,6 +125,7 @@ class Comparison:
                     "final_sparsity": float(run.history["sparsity"][i, -1]),
                     "collapsed": bool(run.collapsed[i]),
                     "steps_to_reach": str_ if math.isfinite(str_) else None,
+                    "start_steps": float(run.cost()[i]),
                     "speedup": self.steps / str_ if math.isfinite(str_) else 0.0,
                     "seconds": run.seconds / len(self.names),
                     "init_seconds": run.init_seconds / len(self.names),
@@ -138,6 +148,7 @@ class Comparison:
                 "final_distortion": statistics.mean(r["final_distortion"] for r in per),
                 "final_sparsity": statistics.mean(r["final_sparsity"] for r in per),
                 "collapsed": sum(r["collapsed"] for r in per),
+                "start_steps": statistics.mean(r["start_steps"] for r in per),
                 "median_steps_to_reach": _median_or_none([r["steps_to_reach"] or math.inf for r in per]),
                 "median_speedup": statistics.median(speed),
                 "speedup_q25": float(np.quantile(speed, 0.25)),
@@ -174,15 +185,15 @@ class Comparison:
         return paths
 
     def format_table(self) -> str:
-        head = (f"{'init':<10} {'final loss':>10} {'distortion':>10} {'sparsity':>9} {'collapsed':>9} {'steps->ones@N':>14} "
+        head = (f"{'init':<10} {'final loss':>10} {'distortion':>10} {'sparsity':>9} {'collapsed':>9} {'start':>6} {'steps->ones@N':>14} "
                 f"{'speedup (q25-q75)':>20} {'s/image':>8}")
-        lines = [head, "-" * len(head)]
+        lines = [head, "-" * len(head)]  # start: the start's own classifier passes, in optimizer steps
         for r in self.summary_rows():
             reach = "never" if r["median_steps_to_reach"] is None else f"{r['median_steps_to_reach']:.0f}"
             spd = f"{r['median_speedup']:.1f}x ({r['speedup_q25']:.1f}-{r['speedup_q75']:.1f})"
             lines.append(
                 f"{r['init']:<10} {r['final_loss']:>10.4f} {r['final_distortion']:>10.4f} {r['final_sparsity']:>9.4f} "
-                f"{r['collapsed']:>9d} {reach:>14} {spd:>20} {r['seconds_per_image']:>8.1f}"
+                f"{r['collapsed']:>9d} {r['start_steps']:>6.2f} {reach:>14} {spd:>20} {r['seconds_per_image']:>8.1f}"
             )
         return "\n".join(lines)
 
@@ -213,28 +224,38 @@ def compare_inits(
     rd_samples: int = 8,
     show_progress: bool = False,
     window: int = 10,
+    ones: InitRun | None = None,
 ) -> Comparison:
     """Run every init on ``images`` with the same seeds; ``ones`` is added as the reference if absent.
 
     ``inits`` maps a label to an init spec accepted by :meth:`CartoonX.explain` or to a callable
-    ``images -> (B, k)`` (e.g. a learned initializer); the callable's time counts toward the init's wall time.
+    ``images -> (B, k)`` (e.g. a :class:`~amortized.initializer.LearnedInitializer`); the callable's time counts
+    toward the init's wall time, and the classifier passes it reports in ``last_cost`` toward its steps-to-reach.
+    ``ones``: a finished ones run of these images with this seed (it does not depend on the other inits, so
+    benchmarks reuse it; see :func:`ones_run`); default: run it.
     """
     inits = {"ones": inits.get("ones", "ones"), **inits}
     names = list(names) if names is not None else [f"image{i}" for i in range(len(images))]
     runs: dict[str, InitRun] = {}
+    if ones is not None:
+        runs["ones"] = ones
     for label, spec in inits.items():
+        if label in runs:
+            continue
         start = time.perf_counter()
         init = spec(images) if callable(spec) else spec
         init_seconds = time.perf_counter() - start
+        cost = getattr(spec, "last_cost", None) if callable(spec) else None
         res = explainer.explain(images, init=init, steps=steps, seed=seed, show_progress=show_progress)
         runs[label] = InitRun(
             label, res.history, res.mask, time.perf_counter() - start, init_seconds,
             explanation=res.explanation.detach().cpu(),
             collapsed=collapsed(res.history["distortion"], res.target_probs, window),
+            start_cost=None if cost is None else cost.detach().cpu().double(),
         )
     _set_steps_to_reach(runs, window)
     for run in runs.values():
-        if rate_distortion:
+        if rate_distortion and run.mask is not None:
             run.rd_keep = rate_distortion_curve(explainer, images, run.mask.to(images.device), RD_FRACTIONS, "keep", rd_samples, seed)
             run.rd_randomize = rate_distortion_curve(
                 explainer, images, run.mask.to(images.device), RD_FRACTIONS, "randomize", rd_samples, seed
@@ -242,12 +263,19 @@ def compare_inits(
     return Comparison(names, steps, runs, window, images.detach().cpu())
 
 
+def ones_run(history: dict[str, Tensor], target_probs: Tensor, seconds: float, window: int = 10) -> InitRun:
+    """An all-ones :class:`InitRun` from a saved explanation's curves (e.g. a cached reference run)."""
+    return InitRun("ones", history, None, seconds, 0.0,
+                   collapsed=collapsed(history["distortion"], target_probs, window))
+
+
 def _set_steps_to_reach(runs: dict[str, InitRun], window: int) -> None:
-    """Steps-to-reach the ones run's final level; losing the class where ones keeps it never counts as reaching."""
+    """Steps-to-reach the ones run's final level, plus the start's own cost; losing the class where ones keeps it
+    never counts as reaching."""
     ones = runs["ones"]
     ref = reference_level(ones.history["loss"], window)
     for label, run in runs.items():
-        run.steps_to_reach = steps_to_reach(run.history["loss"], ref, window)
+        run.steps_to_reach = steps_to_reach(run.history["loss"], ref, window) + run.cost()
         if label != "ones":
             run.steps_to_reach[run.collapsed & ~ones.collapsed] = float("inf")
 

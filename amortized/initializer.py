@@ -1,141 +1,143 @@
-"""Use a trained :class:`~amortized.module.MaskInitializer` checkpoint as CartoonX's initial mask.
+"""A trained initializer as CartoonX's starting mask: the one public way to get a learned start.
 
-The checkpoint records the classifier, preset and mask layout it was trained for; loading it for a
-different classifier or layout is refused. Predictions go through a cheap forward-only guard: if the
-predicted mask keeps too little of the class probability, it is blended toward ones until it does
-(../shared/notes/initialization.md: a prediction that destroys the class collapses the refinement).
+    explainer = CartoonX(clf, preset="cpu")
+    start = LearnedInitializer.for_explainer(explainer)          # the bundled initializer for clf + preset
+    result = explainer.explain(images, init=start(images), steps=30)
+
+A checkpoint records the classifier, the full preset and the mask layout it was trained for; using it
+for another is refused. Every prediction goes through a cheap forward-only guard: a start that keeps
+too little of the class probability collapses the refinement (../shared/notes/initialization.md), so
+the guard backs off toward ones until enough survives. What a start costs in classifier passes (the
+probe and every guard check) is reported in :attr:`LearnedInitializer.last_cost`, in optimizer steps,
+so comparisons can charge it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from amortized.module import CHECKPOINT_KEY, MaskInitializer
+from amortized.checkpoint import CheckpointMismatchError, check_compatible, read_initializer
+from amortized.features import probe
+from amortized.net import MaskNet
 from rde import CartoonX, RDEConfig, load_preset
+from rde.representation import WaveletRepresentation
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-BUNDLED = {("efficientnet_lite0", "cpu"): REPO_ROOT / "data" / "initializers" / "efficientnet_lite0-cpu.ckpt"}
+BUNDLED = {("efficientnet_lite0", "cpu"): "efficientnet_lite0-cpu.pt"}
 
-
-class CheckpointMismatchError(ValueError):
-    """A checkpoint trained for another classifier, preset or mask layout."""
+__all__ = ["BUNDLED", "CheckpointMismatchError", "Guard", "LearnedInitializer", "bundled_checkpoint"]
 
 
 def bundled_checkpoint(classifier: str, preset: str) -> Path:
-    path = BUNDLED.get((classifier, preset))
-    if path is None:
+    """The initializer shipped inside the package for ``classifier`` and ``preset``."""
+    name = BUNDLED.get((classifier, preset))
+    if name is None:
         known = ", ".join(f"{c} + {p}" for c, p in BUNDLED)
         raise ValueError(
             f"no bundled initializer for classifier {classifier!r} with preset {preset!r} (bundled: {known}); "
             "train one with `cartoonx train` and pass --checkpoint"
         )
-    if not path.exists():
-        raise FileNotFoundError(f"bundled initializer missing: {path}")
+    path = Path(str(resources.files("amortized").joinpath("initializers", name)))
+    if not path.is_file():
+        raise FileNotFoundError(f"bundled initializer missing from the installed package: {path}")
     return path
 
 
-class LearnedInitializer:
-    """Predict initial masks ``(B, k)`` for CartoonX from images.
+@dataclass
+class Guard:
+    """Back off a predicted mask until it keeps ``keep`` of the class probability (mean over ``samples`` noisy
+    copies, forward only), at most ``max_steps`` times. Each back-off maps ``m -> 1 - blend * (1 - m)``.
 
-    Args:
-        module: a trained :class:`MaskInitializer`.
-        guard_keep: the predicted mask must keep at least this fraction of the target-class
-            probability (mean over ``guard_samples`` obfuscations); 0 disables the guard.
-        guard_blend: each back-off step maps ``m -> 1 - guard_blend * (1 - m)``.
-        guard_max_steps: at most this many back-off steps.
+    ``keep <= 0`` disables the guard. Each check costs ``samples`` classifier forward passes per image.
     """
 
-    def __init__(
-        self,
-        module: MaskInitializer,
-        guard_keep: float = 0.7,
-        guard_samples: int = 16,
-        guard_blend: float = 0.7,
-        guard_max_steps: int = 6,
-    ) -> None:
-        self.module = module.eval()
-        self.guard_keep = guard_keep
-        self.guard_samples = guard_samples
-        self.guard_blend = guard_blend
-        self.guard_max_steps = guard_max_steps
+    keep: float = 0.5
+    samples: int = 16
+    blend: float = 0.7
+    max_steps: int = 6
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.blend < 1.0:
+            raise ValueError(f"guard blend must lie in (0, 1), got {self.blend}")
+        if self.samples < 1 or self.max_steps < 0:
+            raise ValueError(f"guard samples must be >= 1 and max_steps >= 0, got {self.samples}, {self.max_steps}")
+
+
+class LearnedInitializer:
+    """Predict guarded initial masks ``(B, k)`` for one explainer (classifier + preset) from images.
+
+    Args:
+        payload: a checkpoint read by :func:`amortized.checkpoint.read_initializer`.
+        explainer: the :class:`~rde.CartoonX` whose optimization the masks start; its classifier feeds the
+            network and the guard.
+        guard: guard settings; default: the ones the checkpoint ships with.
+        seed: noise seed of the guard's checks.
+    """
+
+    def __init__(self, payload: dict[str, Any], explainer: CartoonX, guard: Guard | None = None, seed: int = 0) -> None:
+        if explainer.representation_kind != "wavelet":
+            raise ValueError("a learned initializer predicts CartoonX wavelet masks; it cannot start Pixel RDE")
+        self.explainer = explainer
+        self.taps = dict(payload["taps"])
+        self.net = MaskNet.from_config(payload["net"])
+        self.net.load_state_dict(payload["state_dict"])
+        self.device = explainer.classifier.mean.device
+        self.net.to(self.device).eval()
+        self.guard = guard if guard is not None else Guard(**payload.get("guard", {}))
+        self.seed = seed
         self.last_backoffs: Tensor | None = None
+        self.last_cost: Tensor | None = None  # (B,) optimizer steps' worth of classifier passes
 
     @classmethod
-    def from_checkpoint(
-        cls,
-        path: str | Path,
-        classifier: str,
-        preset: str | RDEConfig,
-        device: torch.device | str = "cpu",
-        **guard: float,
+    def for_explainer(
+        cls, explainer: CartoonX, checkpoint: str | Path | None = None, guard: Guard | None = None, seed: int = 0
     ) -> LearnedInitializer:
-        """Load ``path`` and check that it was trained for ``classifier`` and ``preset``."""
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"initializer checkpoint not found: {path}")
-        try:
-            ckpt = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e:  # noqa: BLE001 - any unpickling failure means an unusable file
-            raise ValueError(f"{path}: not a readable checkpoint ({e})") from None
-        meta = ckpt.get(CHECKPOINT_KEY) if isinstance(ckpt, dict) else None
-        if meta is None:
-            raise CheckpointMismatchError(f"{path}: not a FastCartoonX initializer checkpoint (no '{CHECKPOINT_KEY}' entry)")
-        check_compatible(meta, classifier, load_preset(preset), source=str(path))
-        module = MaskInitializer.load_from_checkpoint(path, map_location=device)
-        return cls(module.to(device), **guard)
+        """Load ``checkpoint`` (default: the bundled one for the explainer's classifier and preset) and check that
+        it was trained for that classifier and preset."""
+        classifier, preset = explainer.classifier.name, explainer.config
+        path = Path(checkpoint) if checkpoint is not None else bundled_checkpoint(classifier, preset.name)
+        payload = read_initializer(path)
+        check_compatible(payload, classifier, preset, source=str(path))
+        return cls(payload, explainer, guard, seed)
 
-    def __call__(self, images: Tensor, explainer: CartoonX | None = None, seed: int = 0) -> Tensor:
-        """Masks ``(B, k)`` for ``images``; with ``explainer`` given, guarded against destroying the class."""
+    @property
+    def preset(self) -> RDEConfig:
+        return self.explainer.config
+
+    def __call__(self, images: Tensor, target: Tensor | None = None) -> Tensor:
+        """Guarded masks ``(B, k)`` for ``images`` ``(B, 3, H, W)`` (``target``: default the predicted classes)."""
+        images = images.to(self.device).float()
+        _, _, height, width = images.shape
+        rep = self.explainer.representation(height, width, self.device)
+        assert isinstance(rep, WaveletRepresentation)
+        inputs = probe(self.explainer.classifier, rep, images, target, self.taps)
         with torch.no_grad():
-            mask = self.module(images.to(self.module.device))
-        if explainer is None or self.guard_keep <= 0:
-            return mask
-        return self.guard(mask, images, explainer, seed)
+            mask = self.net(inputs, rep.layout)
+        return self._guard(mask, images, inputs.targets, inputs.probs)
 
     @torch.no_grad()
-    def guard(self, mask: Tensor, images: Tensor, explainer: CartoonX, seed: int = 0) -> Tensor:
-        full = explainer.classifier(images).softmax(-1)
-        target = full.argmax(-1, keepdim=True)
-        reference = full.gather(1, target).squeeze(1)
+    def _guard(self, mask: Tensor, images: Tensor, targets: Tensor, reference: Tensor) -> Tensor:
+        g, samples_per_step = self.guard, self.preset.num_samples
         backoffs = torch.zeros(len(images), dtype=torch.long, device=mask.device)
-        for _ in range(self.guard_max_steps):
-            probs = explainer.predict_probabilities(images, mask, self.guard_samples, seed=seed)
-            kept = probs.gather(1, target).squeeze(1) / reference.clamp_min(1e-12)
-            weak = kept < self.guard_keep
-            if not bool(weak.any()):
+        checks = torch.zeros(len(images), device=mask.device)
+        active = torch.ones(len(images), dtype=torch.bool, device=mask.device)
+        for step in range(g.max_steps + 1 if g.keep > 0 else 0):
+            probs = self.explainer.predict_probabilities(images, mask, g.samples, seed=self.seed)
+            checks += active.float()
+            kept = probs.gather(1, targets[:, None]).squeeze(1) / reference.clamp_min(1e-12)
+            active &= kept < g.keep
+            if step == g.max_steps or not bool(active.any()):
                 break
-            mask = torch.where(weak[:, None], 1.0 - self.guard_blend * (1.0 - mask), mask)
-            backoffs += weak.long()
+            mask = torch.where(active[:, None], 1.0 - g.blend * (1.0 - mask), mask)
+            backoffs += active.long()
         self.last_backoffs = backoffs
+        # The probe is one forward+backward of the clean image; a check is `samples` forward passes. Both are
+        # charged as if they were forward+backward passes of a step with `samples_per_step` noisy copies.
+        self.last_cost = ((1 + checks * g.samples) / samples_per_step).cpu()
         return mask
 
-
-def check_compatible(meta: dict, classifier: str, preset: RDEConfig, source: str = "checkpoint") -> None:
-    """Refuse a checkpoint whose classifier, layout or objective differs from the requested ones."""
-    problems = []
-    if meta.get("classifier") != classifier:
-        problems.append(f"classifier {meta.get('classifier')!r} (requested {classifier!r})")
-    trained = RDEConfig.from_dict({k: v for k, v in meta.get("preset", {}).items() if k != "name"})
-    for key in ("image_size", "wavelet", "lam", "distortion", "obfuscation", "spatial_weight"):
-        if getattr(trained, key) != getattr(preset, key):
-            problems.append(f"{key} {getattr(trained, key)!r} (requested {getattr(preset, key)!r})")
-    if problems:
-        raise CheckpointMismatchError(
-            f"{source} was trained for a different setting: " + "; ".join(problems) + ". Use a matching "
-            "--model/--preset or train an initializer for this one with `cartoonx train`."
-        )
-
-
-def export_checkpoint(source: str | Path, destination: str | Path) -> Path:
-    """Copy a training checkpoint without optimizer and loop state: what an initializer needs to ship."""
-    ckpt = torch.load(source, map_location="cpu", weights_only=False)
-    if CHECKPOINT_KEY not in ckpt:
-        raise CheckpointMismatchError(f"{source}: not a FastCartoonX initializer checkpoint")
-    keep = ("state_dict", "hyper_parameters", "hparams_name", CHECKPOINT_KEY, "pytorch-lightning_version", "epoch", "global_step")
-    destination = Path(destination)
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({k: ckpt[k] for k in keep if k in ckpt}, destination)
-    return destination

@@ -1,179 +1,226 @@
 """LightningModule that trains :class:`~amortized.net.MaskNet` to predict exact CartoonX masks.
 
-Losses (any combination, by weight):
+Every step probes the frozen classifier once per image (features and class gradient,
+:func:`amortized.features.probe`) and predicts a mask from that. Losses, by weight:
 
 * ``supervised``: risk-averse per-scale error against exact targets from ``cartoonx generate`` shards;
-* ``objective``: the RDE objective of the predicted mask through the frozen classifier (amortized
-  optimization: no targets needed), with a training-only barrier on the lost log-probability of the
-  class and a capped lambda, the settings that kept the scouting run from collapsing.
+* ``objective``: the RDE objective of the predicted mask through the frozen classifier, with a barrier on
+  the lost log-probability of the class. The supervised fit alone predicts something like an average of
+  the optima, whose peaks are too low to keep the class (measured: < 1 % of the probability survives);
+  this term teaches the network to keep it.
 
-Batches are dicts with ``image`` ``(B, 3, H, W)`` and optionally ``mask`` ``(B, k)``, ``final_loss`` ``(B,)``
-and ``has_mask`` ``(B,)`` (rows without a target only feed the objective term).
+Batches are dicts with ``image`` ``(B, 3, H, W)``, ``mask`` ``(B, k)``, ``target`` ``(B,)`` (the class the
+mask explains) and ``final_loss`` ``(B,)``, as :class:`~amortized.datamodule.MaskShardDataModule` serves them.
 """
 
 from __future__ import annotations
 
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-import rde
+from amortized.checkpoint import CHECKPOINT_KEY, initializer_payload
+from amortized.features import ProbeResult, feature_channels, feature_taps, probe
 from amortized.losses import per_scale_abs_error, risk_averse_mask_loss
-from amortized.net import MaskNet
+from amortized.net import INPUTS, MaskNet
 from rde import CartoonX, create_classifier, load_preset
+from rde.classifiers import Classifier
 from rde.metrics import collapsed, loss_at
+from rde.representation import WaveletRepresentation
 
-CHECKPOINT_KEY = "fastcartoonx"
+
+@dataclass
+class NetConfig:
+    """:class:`MaskNet` architecture (``floor``: one value, or one per scale: lowpass, level 1 ... level J)."""
+
+    width: int = 24
+    head_width: int = 32
+    floor: float | list[float] = 0.1
+    inputs: list[str] = field(default_factory=lambda: list(INPUTS))
+    init_bias: float = 0.0
+
+
+@dataclass
+class LossConfig:
+    """Training losses: ``under_weight`` is the risk aversion (under-predicting costs that many times more);
+    the objective term uses ``objective_lam`` and ``objective_samples`` noise samples per image."""
+
+    supervised_weight: float = 1.0
+    under_weight: float = 4.0
+    objective_weight: float = 0.0
+    objective_lam: float = 20.0
+    objective_samples: int = 4
+    barrier_weight: float = 1.0
+
+
+@dataclass
+class ValidationConfig:
+    """``refine_steps`` refinement steps from the prediction on ``refine_images`` validation images, every
+    ``refine_every_n_epochs`` validation runs: the fast iteration metric (loss@30 / the target's final loss)."""
+
+    samples: int = 4
+    refine_steps: int = 30
+    refine_images: int = 8
+    refine_every_n_epochs: int = 1
 
 
 class MaskInitializer(L.LightningModule):
     """Train a mask initializer for one classifier and one preset.
 
     Args:
-        classifier: registry name of the frozen classifier the masks explain.
-        preset: the optimizer preset the targets were generated with (sets image size, wavelet, lambda).
-        width, decoder_width, floor, coefficient_inputs, init_bias: :class:`MaskNet` architecture (``floor``:
-            one value, or one per scale: lowpass, level 1 ... level J).
-        lr, weight_decay: AdamW.
-        under_weight: risk aversion; under-predicting a coefficient costs this many times more.
-        scale_weights: per-scale weights of the supervised loss (lowpass, level 1 ... level J); default equal.
-        supervised_weight: weight of the supervised loss (ignored for batches without ``mask``).
-        objective_weight: weight of the RDE-objective term (0 disables; >0 works without targets).
-        objective_lam: lambda used by the objective term in training (capped below the preset's for stability).
-        objective_samples: noise samples per image for the objective term.
-        barrier_weight: weight of ``relu(log p_j(x) - log p_j(y))`` in the objective term.
-        val_samples: noise samples for the zero-step validation loss.
-        refine_steps: refinement steps compared at validation (learned init vs ones); 0 disables.
-        refine_images: how many validation images get the (costly) refinement comparison.
-        refine_every_n_epochs: run the refinement comparison on the first and then every n-th validation run.
-        init_weights: start the network from this checkpoint's weights (fine-tuning, e.g. the bundled
-            initializer with a new loss); loaded when fitting starts, skipped when resuming with ``ckpt_path``.
+        classifier: registry name of the frozen classifier the masks explain (it also feeds the network).
+        preset: the optimizer preset the targets were generated with (image size, wavelet, lambda).
+        net, loss, validation: see :class:`NetConfig`, :class:`LossConfig`, :class:`ValidationConfig`.
+        lr, weight_decay: AdamW, with a one-cycle schedule over the run when the trainer's steps are known.
+        init_weights: start the network from this initializer checkpoint (fine-tuning); skipped on resume.
+        cache_probes: keep each training image's probe (features, class gradient) in memory after its first
+            epoch. The classifier is frozen and images are not augmented, so the probe never changes; on a
+            CPU this makes later epochs several times faster (~0.3 MB per image at 128 px).
     """
 
     def __init__(
         self,
         classifier: str = "efficientnet_lite0",
         preset: str = "cpu",
-        width: int = 16,
-        decoder_width: int = 32,
-        floor: float | list[float] = 0.1,
-        coefficient_inputs: bool = True,
-        init_bias: float = 2.0,
+        net: NetConfig | None = None,
+        loss: LossConfig | None = None,
+        validation: ValidationConfig | None = None,
         lr: float = 2e-3,
         weight_decay: float = 1e-4,
-        under_weight: float = 4.0,
-        scale_weights: Sequence[float] | None = None,
-        supervised_weight: float = 1.0,
-        objective_weight: float = 0.0,
-        objective_lam: float = 5.0,
-        objective_samples: int = 4,
-        barrier_weight: float = 1.0,
-        val_samples: int = 16,
-        refine_steps: int = 30,
-        refine_images: int = 4,
-        refine_every_n_epochs: int = 1,
         init_weights: str | None = None,
+        cache_probes: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        net, loss, validation = net or NetConfig(), loss or LossConfig(), validation or ValidationConfig()
+        # Plain hyper-parameters only: a checkpoint loads without the training CLI's machinery.
+        self.save_hyperparameters({
+            "classifier": classifier, "preset": preset, "net": asdict(net), "loss": asdict(loss),
+            "validation": asdict(validation), "lr": lr, "weight_decay": weight_decay, "init_weights": init_weights,
+            "cache_probes": cache_probes,
+        })
         self.preset = load_preset(preset)
-        self.net = MaskNet(self.preset.wavelet, width, decoder_width, floor, coefficient_inputs, init_bias)
+        self.loss_config, self.validation_config = loss, validation
+        self.taps = feature_taps(classifier)
+        clf = create_classifier(classifier)
+        self.net_config = {
+            "wavelet": asdict(self.preset.wavelet),
+            "feature_channels": feature_channels(clf, self.taps, self.preset.image_size),
+            **asdict(net),
+        }
+        self.net = MaskNet.from_config(self.net_config)
+        self._classifier: list[Classifier] = [clf]  # a list: not a submodule, never saved
         self._explainers: dict[tuple[float, str], CartoonX] = {}
-        self._refine_batch: list[Tensor] = []
+        size = self.preset.image_size
+        self._representation = [WaveletRepresentation(size, size, self.preset.wavelet)]  # a list: not saved
+        self._refine: list[tuple[Tensor, Tensor]] = []
+        self._probes: dict[str, ProbeResult] = {}
         self._validation_runs = 0
 
     # -- inference -------------------------------------------------------------------------------
-    def forward(self, images: Tensor) -> Tensor:
-        return self.net(images)
+    @property
+    def classifier(self) -> Classifier:
+        clf = self._classifier[0]
+        if clf.mean.device != self.device:
+            self._classifier[0] = clf = clf.to(self.device)
+        return clf
 
     @property
-    def layout_signature(self) -> str:
-        size = self.preset.image_size
-        return self.net.layout(size, size).signature
+    def representation(self) -> WaveletRepresentation:
+        rep = self._representation[0]
+        if rep.dwt.h0_col.device != self.device:
+            self._representation[0] = rep = rep.to(self.device)
+        return rep
+
+    def probe(self, images: Tensor, targets: Tensor | None = None) -> ProbeResult:
+        return probe(self.classifier, self.representation, images, targets, self.taps)
+
+    def forward(self, images: Tensor, targets: Tensor | None = None) -> Tensor:
+        return self.net(self.probe(images, targets), self.representation.layout)
 
     def explainer(self, lam: float | None = None) -> CartoonX:
-        """A CartoonX with the frozen classifier on this module's device (not a submodule: never saved)."""
+        """A CartoonX with the frozen classifier on this module's device."""
         lam = self.preset.lam if lam is None else lam
         key = (float(lam), str(self.device))
         if key not in self._explainers:
-            clf = create_classifier(self.hparams.classifier, device=self.device)
-            self._explainers[key] = CartoonX(clf, self.preset, lam=lam)
+            self._explainers[key] = CartoonX(self.classifier, self.preset, lam=lam)
         return self._explainers[key]
 
     # -- training ------------------------------------------------------------------------------------
     def model_step(self, batch: dict[str, Tensor], stage: str) -> tuple[Tensor, Tensor]:
-        images = batch["image"]
-        pred = self.net(images)
-        layout = self.net.layout(images.shape[2], images.shape[3])
-        total = pred.new_zeros(())
-        logs: dict[str, Tensor] = {}
-        rows = _target_rows(batch)
-        if rows is not None and bool(rows.any()) and self.hparams.supervised_weight > 0:
-            sup, per_scale = risk_averse_mask_loss(
-                pred[rows], batch["mask"][rows], layout, self.hparams.under_weight, self.hparams.scale_weights
-            )
-            total = total + self.hparams.supervised_weight * sup
-            logs["supervised"] = sup
-            for name, value in per_scale.items():
-                logs[f"supervised_{name}"] = value
-        if self.hparams.objective_weight > 0 and stage == "train":
+        images, cfg = batch["image"], self.loss_config
+        layout = self.representation.layout
+        pred = self.net(self._cached_probe(batch), layout)
+        sup, per_scale = risk_averse_mask_loss(pred, batch["mask"], layout, cfg.under_weight)
+        total = cfg.supervised_weight * sup
+        logs = {"supervised": sup, **{f"supervised_{k}": v for k, v in per_scale.items()}}
+        if cfg.objective_weight > 0 and stage == "train":
             seeds = [self.global_step * len(images) + i for i in range(len(images))]
-            obj = self.explainer(self.hparams.objective_lam).objective(
-                images, pred, num_samples=self.hparams.objective_samples, seed=seeds
+            obj = self.explainer(cfg.objective_lam).objective(
+                images, pred, target=batch["target"], num_samples=cfg.objective_samples, seed=seeds
             )
             barrier = F.relu(-obj["target_logprob"])
-            term = (obj["loss"] + self.hparams.barrier_weight * barrier).mean()
-            total = total + self.hparams.objective_weight * term
-            logs["objective"] = term
-            logs["barrier"] = barrier.mean()
+            term = (obj["loss"] + cfg.barrier_weight * barrier).mean()
+            total = total + cfg.objective_weight * term
+            logs.update(objective=term, barrier=barrier.mean())
         self.log_dict({f"{stage}/{k}": v for k, v in logs.items()}, batch_size=len(images))
         self.log(f"{stage}/loss", total, batch_size=len(images), prog_bar=True)
         return total, pred
+
+    def _cached_probe(self, batch: dict[str, Any]) -> ProbeResult:
+        """The probe of a batch, from the cache where every key is in it (keys are unique sample names)."""
+        keys = batch.get("key")
+        if not self.hparams.cache_probes or keys is None:
+            return self.probe(batch["image"], batch["target"])
+        if all(k in self._probes for k in keys):
+            return _stack_probes([self._probes[k] for k in keys], self.device)
+        result = self.probe(batch["image"], batch["target"])
+        for i, key in enumerate(keys):
+            self._probes[key] = _probe_row(result, i)
+        return result
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         return self.model_step(batch, "train")[0]
 
     # -- validation ------------------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        images = batch["image"]
+        images, n = batch["image"], len(batch["image"])
         _, pred = self.model_step(batch, "val")
-        n = len(images)
-        rows = _target_rows(batch)
-        if rows is not None and bool(rows.any()):
-            layout = self.net.layout(images.shape[2], images.shape[3])
-            for name, err in per_scale_abs_error(pred[rows], batch["mask"][rows], layout).items():
-                self.log(f"val/mae_{name}", err, batch_size=int(rows.sum()))
+        for name, err in per_scale_abs_error(pred, batch["mask"], self.representation.layout).items():
+            self.log(f"val/mae_{name}", err, batch_size=n)
         seeds = [10_000 + batch_idx * n + i for i in range(n)]
-        zero = self.explainer().objective(images, pred, num_samples=self.hparams.val_samples, seed=seeds)["loss"]
-        self.log("val/rde_loss_learned", zero.mean(), batch_size=n, prog_bar=True)
-        self.log("val/rde_loss_ones", torch.full_like(zero, self.preset.lam).mean(), batch_size=n)
-        if rows is not None and bool(rows.any()) and "final_loss" in batch:
-            final = batch["final_loss"].float()[rows]
-            m = int(rows.sum())
-            self.log("val/rde_loss_learned_on_targets", zero[rows].mean(), batch_size=m)
-            self.log("val/rde_loss_target", final.mean(), batch_size=m)
-            self.log("val/zero_step_ratio", (zero[rows] / final).mean(), batch_size=m)
-        have = sum(len(x) for x in self._refine_batch)
-        if have < self.hparams.refine_images:
-            self._refine_batch.append(images[: self.hparams.refine_images - have].detach().clone())
+        obj = self.explainer().objective(images, pred, target=batch["target"], num_samples=self.validation_config.samples,
+                                         seed=seeds)
+        self.log("val/rde_loss_learned", obj["loss"].mean(), batch_size=n, prog_bar=True)
+        self.log("val/zero_step_ratio", (obj["loss"] / batch["final_loss"]).mean(), batch_size=n)
+        self.log("val/kept_logprob", obj["target_logprob"].mean(), batch_size=n)
+        have = sum(len(x) for x, _ in self._refine)
+        want = self.validation_config.refine_images - have
+        if want > 0:
+            self._refine.append((images[:want].detach().clone(), batch["final_loss"][:want].detach().clone()))
 
     def on_validation_epoch_end(self) -> None:
-        images, self._refine_batch = self._refine_batch, []
-        steps = self.hparams.refine_steps
-        if not images or steps <= 0 or self.trainer.sanity_checking:
+        parts, self._refine = self._refine, []
+        steps = self.validation_config.refine_steps
+        if not parts or steps <= 0 or self.trainer.sanity_checking:
             return
         self._validation_runs += 1
-        if (self._validation_runs - 1) % self.hparams.refine_every_n_epochs:
+        if (self._validation_runs - 1) % self.validation_config.refine_every_n_epochs:
             return
         with torch.inference_mode(False), torch.enable_grad():
-            x = torch.cat(images).clone()
-            comparison = refinement_comparison(self.explainer(), self.net, x, steps)
-        for k, v in comparison.items():
-            self.log(f"val/refine{steps}_{k}", v)
+            images = torch.cat([x for x, _ in parts]).clone()
+            final = torch.cat([f for _, f in parts])
+            with torch.no_grad():
+                init = self(images)
+            res = self.explainer().explain(images, init=init, steps=steps, seed=1234)
+        ratio = loss_at(res.history["loss"], [steps])[steps] / final.cpu()
+        self.log(f"val/refine{steps}_over_target", ratio.median())
+        self.log(f"val/refine{steps}_collapsed", collapsed(res.history["distortion"], res.target_probs).float().mean())
 
     def on_fit_start(self) -> None:
         if self.hparams.init_weights and self.trainer.ckpt_path is None:
@@ -181,56 +228,57 @@ class MaskInitializer(L.LightningModule):
 
     def load_net_weights(self, path: str | Path) -> None:
         """Copy the network weights of another initializer checkpoint (same architecture) into this one."""
-        ckpt = torch.load(path, map_location=self.device, weights_only=False)
-        state = {k[len("net.") :]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("net.")}
-        if not state:
-            raise ValueError(f"{path}: no initializer network weights in this checkpoint")
+        from amortized.checkpoint import read_initializer
+
+        payload = read_initializer(path)
         try:
-            self.net.load_state_dict(state)
+            self.net.load_state_dict(payload["state_dict"])
         except RuntimeError as e:
             raise ValueError(f"{path}: its network does not match this one ({e})") from None
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+    def configure_optimizers(self) -> Any:
+        """AdamW with a one-cycle shape: a linear warm-up over the first 10 % of the run's steps, then cosine to 0.
+
+        The schedule reads the trainer's step budget when it is applied, so a resumed run with more epochs
+        stretches it instead of failing (a LambdaLR's state holds no lambda).
+        """
+        opt = torch.optim.AdamW(self.net.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+        def factor(step: int) -> float:
+            total = self.trainer.estimated_stepping_batches if self._trainer is not None else float("inf")
+            if not math.isfinite(total) or total <= 0:
+                return 1.0
+            warm = max(1.0, 0.1 * total)
+            if step < warm:
+                return 1 / 25 + (1 - 1 / 25) * step / warm
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1.0, total - warm))))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- checkpoints -----------------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_KEY] = checkpoint_metadata(self)
+        checkpoint[CHECKPOINT_KEY] = initializer_payload(
+            classifier=self.hparams.classifier, preset=self.preset, taps=self.taps, net_config=self.net_config,
+            state_dict=self.net.state_dict(), training=dict(self.hparams),
+        )
 
 
-def _target_rows(batch: dict[str, Tensor]) -> Tensor | None:
-    """Boolean ``(B,)``: which rows carry an exact target (all rows for shard batches)."""
-    if "mask" not in batch:
-        return None
-    if "has_mask" in batch:
-        return batch["has_mask"].bool()
-    return torch.ones(len(batch["mask"]), dtype=torch.bool, device=batch["mask"].device)
+def _probe_row(result: ProbeResult, i: int) -> ProbeResult:
+    """Row ``i`` of a probe on the CPU (features in float16), for the cache."""
+    return ProbeResult(
+        features={k: v[i : i + 1].detach().to("cpu", torch.float16) for k, v in result.features.items()},
+        grad_x_input=result.grad_x_input[i : i + 1].cpu(), grad_abs=result.grad_abs[i : i + 1].cpu(),
+        magnitude=result.magnitude[i : i + 1].cpu(), targets=result.targets[i : i + 1].cpu(),
+        probs=result.probs[i : i + 1].cpu(),
+    )
 
 
-def checkpoint_metadata(module: MaskInitializer) -> dict[str, Any]:
-    """What a checkpoint was trained for; checked before a checkpoint is used as an initializer."""
-    return {
-        "classifier": module.hparams.classifier,
-        "preset": module.preset.to_dict(),
-        "layout": module.layout_signature,
-        "version": rde.__version__,
-    }
-
-
-def refinement_comparison(explainer: CartoonX, net: MaskNet, images: Tensor, steps: int, seed: int = 1234) -> dict[str, float]:
-    """Loss after ``steps`` refinement steps from the raw learned mask (no guard) vs from ones, same noise seeds,
-    and the fraction of learned runs that lost the class (:func:`rde.metrics.collapsed`; their loss is not comparable).
-
-    Losses are 10-step moving averages at the last step (single-step losses are Monte-Carlo noisy).
-    """
-    was_training = net.training
-    net.eval()
-    with torch.no_grad():
-        init = net(images)
-    net.train(was_training)
-    learned = explainer.explain(images, init=init, steps=steps, seed=seed)
-    ones = explainer.explain(images, init="ones", steps=steps, seed=seed).history["loss"]
-    lo, lu = loss_at(learned.history["loss"], [steps])[steps], loss_at(ones, [steps])[steps]
-    lost = collapsed(learned.history["distortion"], learned.target_probs)
-    return {"learned": float(lo.mean()), "ones": float(lu.mean()), "ratio": float((lo / lu).mean()),
-            "collapsed": float(lost.float().mean())}
+def _stack_probes(rows: list[ProbeResult], device: torch.device) -> ProbeResult:
+    cat = lambda ts: torch.cat(ts).to(device)  # noqa: E731
+    return ProbeResult(
+        features={k: cat([r.features[k] for r in rows]).float() for k in rows[0].features},
+        grad_x_input=cat([r.grad_x_input for r in rows]), grad_abs=cat([r.grad_abs for r in rows]),
+        magnitude=cat([r.magnitude for r in rows]), targets=cat([r.targets for r in rows]),
+        probs=cat([r.probs for r in rows]),
+    )

@@ -14,15 +14,16 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import rde
-from amortized.compare import Comparison, compare_inits, load_finished, plot_comparison, wall_speedup
+from amortized.compare import Comparison, compare_inits, load_finished, ones_run, plot_comparison, wall_speedup
 from amortized.datasets import list_images
-from amortized.initializer import LearnedInitializer, bundled_checkpoint
+from amortized.initializer import LearnedInitializer
 from rde.io import load_image, preprocess
 from rde.metrics import reference_level
 
@@ -32,6 +33,17 @@ def quartiles(values: list[float], reached: list[bool]) -> str:
     q = np.quantile(values, [0.25, 0.5, 0.75], method="nearest") if values else [math.nan] * 3
     fmt = lambda v: "never" if math.isinf(v) else f"{v:.1f}"  # noqa: E731
     return f"median {fmt(q[1])} (q25 {fmt(q[0])}, q75 {fmt(q[2])}; {sum(reached)}/{len(values)} reached)"
+
+
+def cached_ones(explainer: rde.CartoonX, x: torch.Tensor, path: Path, steps: int, seed: int):
+    """The image's all-ones run (seed ``seed``, ``steps`` steps), computed once and kept at ``path``."""
+    if not path.exists():
+        start = time.perf_counter()
+        res = explainer.explain(x, init="ones", steps=steps, seed=seed)
+        torch.save({"history": res.history, "target_probs": res.target_probs.cpu(), "seconds": time.perf_counter() - start},
+                   path)
+    saved = torch.load(path, weights_only=True)
+    return ones_run(saved["history"], saved["target_probs"], saved["seconds"])
 
 
 def main() -> None:
@@ -47,22 +59,27 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("outputs/bench-learned-init"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--resume", action="store_true", help="keep the images already in OUT/comparison.json")
+    p.add_argument("--ones-cache", type=Path, help="reuse/save each image's all-ones run here (default: OUT/ones); "
+                   "it does not depend on the initializer, so comparing another checkpoint costs half")
     args = p.parse_args()
 
     preset = rde.load_preset(args.preset)
     steps = args.steps or preset.steps
     device = torch.device(args.device)
     explainer = rde.CartoonX(rde.create_classifier(args.model, device=device), preset)
-    ckpt = args.checkpoint or bundled_checkpoint(args.model, preset.name)
-    learned = LearnedInitializer.from_checkpoint(ckpt, args.model, preset, device=device)
+    learned = LearnedInitializer.for_explainer(explainer, args.checkpoint, seed=args.seed)
+    ckpt = args.checkpoint or "bundled"
     items = list_images(args.images, args.split)[: args.limit]
     done = load_finished(args.out, steps, ["ones", "learned"]) if args.resume else None
     parts = [done] if done is not None else []
     todo = [i for i in items if done is None or i.key not in done.names]
+    cache = args.ones_cache or args.out / "ones"
+    cache.mkdir(parents=True, exist_ok=True)
     for item in todo:  # one image at a time: batching does not pay on a CPU
         x = preprocess(load_image(item.path), preset.image_size)[None].to(device)
-        parts.append(compare_inits(explainer, x, {"ones": "ones", "learned": lambda im: learned(im, explainer, seed=args.seed)},
-                                   steps, [item.key], seed=args.seed, rate_distortion=False))
+        ones = cached_ones(explainer, x, cache / f"{item.key}-{preset.name}-n{steps}-s{args.seed}.pt", steps, args.seed)
+        parts.append(compare_inits(explainer, x, {"learned": learned}, steps, [item.key], seed=args.seed,
+                                   rate_distortion=False, ones=ones))
         Comparison.concat(parts).save(args.out)
     comp = Comparison.concat(parts)
     comp.save(args.out)

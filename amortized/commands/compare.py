@@ -80,11 +80,9 @@ def run(args: argparse.Namespace) -> int:
     explainer = rde.CartoonX(rde.create_classifier(args.model, device=device), preset)
     inits: dict = {label: label for label in labels}
     if "learned" in labels:
-        from amortized.initializer import LearnedInitializer, bundled_checkpoint
+        from amortized.initializer import LearnedInitializer
 
-        ckpt = args.checkpoint or bundled_checkpoint(args.model, preset.name)
-        learned = LearnedInitializer.from_checkpoint(ckpt, args.model, preset, device=device)
-        inits["learned"] = lambda x: learned(x, explainer, seed=args.seed)
+        inits["learned"] = LearnedInitializer.for_explainer(explainer, args.checkpoint, seed=args.seed)
 
     parts = []
     done = load_finished(args.out, steps, labels) if args.resume else None

@@ -85,22 +85,17 @@ def resolve_init(spec: str, layout: MaskLayout, args: argparse.Namespace, explai
 
     Named inits (``ones``, ``const:C``, ``random``, ``preopt``) pass through; ``PATH.npz`` loads a mask
     saved by this command (its layout must equal ``layout``); ``learned`` predicts the mask with the
-    initializer in ``args.checkpoint`` (default: the one bundled for ``args.model`` and ``args.preset``),
-    guarded by ``explainer``. Raises ``ValueError`` for anything else.
+    initializer in ``args.checkpoint`` (default: the one bundled for the explainer's classifier and preset),
+    guarded. Raises ``ValueError`` for anything else.
     """
     from rde.init import parse_init
 
     if spec == "learned":
-        if layout.kind != "wavelet":
-            raise ValueError("--init learned predicts CartoonX wavelet masks; it cannot initialize Pixel RDE")
-        from amortized.initializer import LearnedInitializer, bundled_checkpoint
+        from amortized.initializer import LearnedInitializer
 
-        from rde import load_preset
-
-        checkpoint = getattr(args, "checkpoint", None) or bundled_checkpoint(args.model, load_preset(args.preset).name)
-        device = explainer.classifier.mean.device
-        learned = LearnedInitializer.from_checkpoint(checkpoint, args.model, explainer.config, device=device)
-        return lambda images: learned(images, explainer, seed=args.seed)
+        if explainer is None:
+            raise ValueError("--init learned needs the explainer whose classifier feeds the initializer")
+        return LearnedInitializer.for_explainer(explainer, getattr(args, "checkpoint", None), seed=args.seed)
     if getattr(args, "checkpoint", None) is not None:
         raise ValueError("--checkpoint is only used with --init learned")
     if spec.endswith(".npz"):
@@ -204,8 +199,10 @@ def run(args: argparse.Namespace) -> int:
     method_cls = rde.CartoonX if args.method == "cartoonx" else rde.PixelRDE
     size = config.image_size
     layout = create_representation(method_cls.representation_kind, size, size, config.wavelet).layout
+    if args.init == "learned" and layout.kind != "wavelet":
+        raise ValueError("--init learned predicts CartoonX wavelet masks; it cannot initialize Pixel RDE")
     if args.init != "learned":
-        init_for = resolve_init(args.init, layout, args)
+        init_for = resolve_init(args.init, layout, args)  # bad --init values fail before any work
     if args.out.exists() and not args.out.is_dir():
         raise ValueError(f"--out {args.out}: exists and is not a directory")
 

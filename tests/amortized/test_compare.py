@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
 from PIL import Image
 
+from amortized.checkpoint import CheckpointMismatchError, check_compatible, export_checkpoint, read_initializer
 from amortized.cli import main
-from amortized.initializer import CheckpointMismatchError, LearnedInitializer, check_compatible
-from amortized.module import CHECKPOINT_KEY
+from amortized.initializer import Guard, LearnedInitializer
 from rde import CartoonX, create_classifier, load_preset
+
+NO_GUARD = Guard(keep=0.0)
 
 
 @pytest.fixture
@@ -20,14 +24,20 @@ def tiny_checkpoint(tiny_initializer_checkpoint):
     return tiny_initializer_checkpoint
 
 
-def test_learned_init_loads_and_predicts_a_valid_mask(tiny_checkpoint):
-    init = LearnedInitializer.from_checkpoint(tiny_checkpoint, "tiny-test", "tiny")
-    explainer = CartoonX(create_classifier("tiny-test"), "tiny")
+@pytest.fixture(scope="module")
+def tiny_explainer():
+    return CartoonX(create_classifier("tiny-test"), "tiny")
+
+
+def test_learned_init_loads_and_predicts_a_valid_mask(tiny_checkpoint, tiny_explainer):
+    init = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD)
     images = torch.rand(3, 3, 64, 64)
-    mask = init(images, explainer)
-    assert mask.shape == (3, explainer.representation(64, 64, torch.device("cpu")).layout.num_entries)
+    mask = init(images)
+    assert mask.shape == (3, tiny_explainer.representation(64, 64, torch.device("cpu")).layout.num_entries)
     assert float(mask.min()) >= 0.1 - 1e-6 and float(mask.max()) <= 1.0
-    result = explainer.explain(images, init=mask, steps=2)
+    # Unguarded, the start costs one forward+backward of the clean image: 1/L of a step with L noisy copies.
+    assert init.last_cost.tolist() == [1 / tiny_explainer.config.num_samples] * 3
+    result = tiny_explainer.explain(images, init=mask, steps=2)
     assert result.history["loss"].shape == (3, 2)
 
 
@@ -37,34 +47,46 @@ def test_learned_init_loads_and_predicts_a_valid_mask(tiny_checkpoint):
 ])
 def test_mismatched_checkpoint_is_refused(tiny_checkpoint, classifier, preset, message):
     with pytest.raises(CheckpointMismatchError, match=message):
-        LearnedInitializer.from_checkpoint(tiny_checkpoint, classifier, preset)
+        LearnedInitializer.for_explainer(CartoonX(create_classifier(classifier), preset), tiny_checkpoint)
 
 
 def test_other_objective_is_refused(tiny_checkpoint):
-    meta = torch.load(tiny_checkpoint, weights_only=False)[CHECKPOINT_KEY]
+    payload = read_initializer(tiny_checkpoint)
     with pytest.raises(CheckpointMismatchError, match="lam"):
-        check_compatible(meta, "tiny-test", load_preset("tiny").replace(lam=5.0))
-    check_compatible(meta, "tiny-test", load_preset("tiny").replace(steps=3))  # steps don't matter
+        check_compatible(payload, "tiny-test", load_preset("tiny").replace(lam=5.0))
+    check_compatible(payload, "tiny-test", load_preset("tiny").replace(steps=3))  # steps don't matter
 
 
-def test_not_a_checkpoint(tmp_path):
+def test_not_a_checkpoint(tmp_path, tiny_explainer):
     bad = tmp_path / "x.ckpt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="x.ckpt"):
-        LearnedInitializer.from_checkpoint(bad, "tiny-test", "tiny")
+    with pytest.raises(CheckpointMismatchError, match="x.ckpt"):
+        LearnedInitializer.for_explainer(tiny_explainer, bad)
+    torch.save({"state_dict": {}}, tmp_path / "lightning.ckpt")
+    with pytest.raises(CheckpointMismatchError, match="not a FastCartoonX initializer"):
+        LearnedInitializer.for_explainer(tiny_explainer, tmp_path / "lightning.ckpt")
     with pytest.raises(FileNotFoundError):
-        LearnedInitializer.from_checkpoint(tmp_path / "missing.ckpt", "tiny-test", "tiny")
+        LearnedInitializer.for_explainer(tiny_explainer, tmp_path / "missing.ckpt")
 
 
-def test_guard_backs_off_when_the_mask_destroys_the_class(tiny_checkpoint):
-    init = LearnedInitializer.from_checkpoint(tiny_checkpoint, "tiny-test", "tiny", guard_keep=2.0, guard_max_steps=3)
-    explainer = CartoonX(create_classifier("tiny-test"), "tiny")
+def test_guard_backs_off_when_the_mask_destroys_the_class(tiny_checkpoint, tiny_explainer):
+    raw = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD)
+    init = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=Guard(keep=2.0, max_steps=3))
     images = torch.rand(2, 3, 64, 64)
-    raw = init(images)
-    guarded = init(images, explainer)
     # An unreachable keep-ratio forces every back-off step: m -> 1 - 0.7^3 (1 - m).
-    assert torch.allclose(guarded, 1 - 0.7**3 * (1 - raw), atol=1e-5)
+    assert torch.allclose(init(images), 1 - 0.7**3 * (1 - raw(images)), atol=1e-5)
     assert init.last_backoffs.tolist() == [3, 3]
+    # The probe plus 4 checks of 16 forward passes each, charged as steps of L=4 noisy copies.
+    assert init.last_cost.tolist() == [(1 + 4 * 16) / 4] * 2
+
+
+def test_guard_keeps_a_mask_that_keeps_the_class(tiny_checkpoint, tiny_explainer):
+    init = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=Guard(keep=1e-9))
+    raw = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD)
+    images = torch.rand(2, 3, 64, 64)
+    assert torch.equal(init(images), raw(images))
+    assert init.last_backoffs.tolist() == [0, 0]
+    assert init.last_cost.tolist() == [(1 + 16) / 4] * 2
 
 
 def test_compare_end_to_end(tmp_path, tiny_checkpoint):
@@ -81,6 +103,7 @@ def test_compare_end_to_end(tmp_path, tiny_checkpoint):
     assert [r["init"] for r in rows] == ["ones", "learned", "const:0.5"]
     ones = rows[0]
     assert float(ones["median_steps_to_reach"]) == 12 and float(ones["median_speedup"]) == 1.0
+    assert float(rows[0]["start_steps"]) == 0.0 and float(rows[1]["start_steps"]) > 0.0  # the learned start is charged
     data = json.loads((out / "comparison.json").read_text())
     assert len(data["curves"]["learned"]["loss"]) == 2 and len(data["curves"]["learned"]["loss"][0]) == 12
     assert len(data["rate_distortion"]["ones"]["keep"][0]) == len(data["rate_distortion"]["ones"]["fractions"])
@@ -91,15 +114,35 @@ def test_compare_rejects_unknown_init(tmp_path, capsys):
     assert "bogus" in capsys.readouterr().err
 
 
-def test_exported_checkpoint_is_smaller_and_still_loads(tmp_path, tiny_checkpoint):
-    from amortized.initializer import export_checkpoint
-
-    out = export_checkpoint(tiny_checkpoint, tmp_path / "shipped.ckpt")
+def test_exported_checkpoint_is_plain_smaller_and_predicts_the_same(tmp_path, tiny_checkpoint, tiny_explainer):
+    out = export_checkpoint(tiny_checkpoint, tmp_path / "shipped.pt", guard={"keep": 0.25, "samples": 8})
     assert out.stat().st_size < tiny_checkpoint.stat().st_size
-    a = LearnedInitializer.from_checkpoint(tiny_checkpoint, "tiny-test", "tiny")
-    b = LearnedInitializer.from_checkpoint(out, "tiny-test", "tiny")
+    payload = torch.load(out, weights_only=True)  # plain data: no code runs on load
+    assert payload["guard"] == {"keep": 0.25, "samples": 8}
+    assert payload["preset"]["image_size"] == 64 and payload["preset"]["wavelet"]["wave"] == "db3"  # the full preset
+    a = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD)
+    b = LearnedInitializer.for_explainer(tiny_explainer, out, guard=NO_GUARD)
+    assert LearnedInitializer.for_explainer(tiny_explainer, out).guard == Guard(keep=0.25, samples=8)
     x = torch.rand(1, 3, 64, 64)
     assert torch.equal(a(x), b(x))
+
+
+def test_an_exported_initializer_needs_neither_lightning_nor_jsonargparse(tmp_path, tiny_checkpoint):
+    out = export_checkpoint(tiny_checkpoint, tmp_path / "shipped.pt")
+    code = f"""
+import sys
+for name in ("lightning", "lightning.pytorch", "jsonargparse", "pytorch_lightning"):
+    sys.modules[name] = None  # any import of them now fails
+import torch
+from rde import CartoonX, create_classifier
+from amortized.initializer import LearnedInitializer
+explainer = CartoonX(create_classifier("tiny-test"), "tiny")
+mask = LearnedInitializer.for_explainer(explainer, {str(out)!r})(torch.rand(1, 3, 64, 64))
+print(tuple(mask.shape))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "(1, 5319)"
 
 
 class _Brightness(torch.nn.Module):

@@ -1,4 +1,5 @@
-"""The initializer's LightningModule: overfitting, objective-only training, resume, config round trip, wandb offline."""
+"""The initializer's LightningModule: overfitting, risk aversion, the objective term, the probe cache, LightningCLI
+on shards (resume, config round trip), plain checkpoints, fine-tuning, wandb offline."""
 
 from __future__ import annotations
 
@@ -11,26 +12,39 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
+from amortized.checkpoint import CHECKPOINT_KEY, read_initializer
 from amortized.losses import risk_averse_mask_loss
-from amortized.module import CHECKPOINT_KEY, MaskInitializer
+from amortized.module import LossConfig, MaskInitializer, NetConfig, ValidationConfig
 from amortized.training import cli_main
 from rde import WaveletRepresentation
+from tests.amortized.test_shards import keys_of, write_fake_shards
 
-TINY_MODEL = {"classifier": "tiny-test", "preset": "tiny", "width": 4, "decoder_width": 8}
+NO_VALIDATION = ValidationConfig(refine_steps=0)
 
 
-def _synthetic(n: int, k: int, seed: int = 0) -> list[dict]:
+def _model(net: dict | None = None, loss: dict | None = None, **kw) -> MaskInitializer:
+    return MaskInitializer(classifier="tiny-test", preset="tiny", net=NetConfig(**{"width": 4, "head_width": 8, **(net or {})}),
+                           loss=LossConfig(**(loss or {})), validation=NO_VALIDATION, **kw)
+
+
+def _synthetic(n: int, seed: int = 0) -> list[dict]:
     """Images with learnable targets: 1 where the greyscale wavelet coefficient is above its scale's median."""
     g = torch.Generator().manual_seed(seed)
     rep = WaveletRepresentation(64, 64)
     out = []
-    for _ in range(n):
+    for i in range(n):
         image = torch.rand(3, 64, 64, generator=g)
         coeffs = rep.encode(image.mean(0, keepdim=True)[None]).abs()[0, 0]
         parts = [(p > p.median()).float() for p in rep.layout.split(coeffs)]
-        out.append({"image": image, "mask": rep.layout.join(parts), "final_loss": torch.tensor(1.0)})
-    assert out[0]["mask"].shape == (k,)
+        out.append({"image": image, "mask": rep.layout.join(parts), "target": torch.tensor(i % 7),
+                    "final_loss": torch.tensor(1.0), "key": f"img{seed}-{i}"})
     return out
+
+
+def _collate(rows: list[dict]) -> dict:
+    batch = {k: torch.stack([r[k] for r in rows]) for k in ("image", "mask", "target", "final_loss")}
+    batch["key"] = [r["key"] for r in rows]
+    return batch
 
 
 def _trainer(tmp_path: Path, **kw) -> L.Trainer:
@@ -41,15 +55,14 @@ def _trainer(tmp_path: Path, **kw) -> L.Trainer:
 
 def test_overfits_a_handful_of_targets(tmp_path):
     torch.manual_seed(0)
-    model = MaskInitializer(**TINY_MODEL, floor=0.0, init_bias=0.0, lr=1e-2, refine_steps=0, under_weight=1.0)
-    k = model.net.layout(64, 64).num_entries
-    data = DataLoader(_synthetic(4, k), batch_size=4)
+    model = _model(net={"floor": 0.0}, loss={"under_weight": 1.0}, lr=1e-2)
+    data = DataLoader(_synthetic(4), batch_size=4, collate_fn=_collate)
     batch = next(iter(data))
-    layout = model.net.layout(64, 64)
+    layout = model.representation.layout
 
     def loss() -> float:
         with torch.no_grad():
-            return risk_averse_mask_loss(model.net.eval()(batch["image"]), batch["mask"], layout, 1.0)[0].item()
+            return risk_averse_mask_loss(model.eval()(batch["image"], batch["target"]), batch["mask"], layout, 1.0)[0].item()
 
     before = loss()
     _trainer(tmp_path, max_steps=150, limit_val_batches=0).fit(model, data)
@@ -62,16 +75,31 @@ def test_risk_averse_loss_pushes_predictions_up(tmp_path):
     means = {}
     for w in (1.0, 16.0):
         torch.manual_seed(0)
-        model = MaskInitializer(**TINY_MODEL, floor=0.0, init_bias=0.0, lr=1e-2, refine_steps=0, under_weight=w)
-        k = model.net.layout(64, 64).num_entries
-        data = DataLoader(_synthetic(4, k), batch_size=4)
+        model = _model(net={"floor": 0.0}, loss={"under_weight": w}, lr=1e-2)
+        data = DataLoader(_synthetic(4), batch_size=4, collate_fn=_collate)
         _trainer(tmp_path, max_steps=60, limit_val_batches=0).fit(model, data)
+        batch = next(iter(data))
         with torch.no_grad():
-            means[w] = model(next(iter(data))["image"]).mean().item()
+            means[w] = model(batch["image"], batch["target"]).mean().item()
     assert means[16.0] > means[1.0] + 0.1, means
 
 
-def _tiny_config(tmp_path: Path, images: Path, **model) -> Path:
+def test_probe_cache_gives_the_same_training(tmp_path):
+    """The cached probe (features in float16) trains like the fresh one, and fills once per image."""
+    results = {}
+    for cache in (False, True):
+        torch.manual_seed(0)
+        model = _model(lr=1e-2, cache_probes=cache)
+        _trainer(tmp_path, max_epochs=3, limit_val_batches=0).fit(model, DataLoader(_synthetic(4), batch_size=2,
+                                                                                     collate_fn=_collate))
+        results[cache] = [p.detach().clone() for p in model.net.parameters()]
+        assert len(model._probes) == (4 if cache else 0)
+    for a, b in zip(results[False], results[True]):
+        assert torch.allclose(a, b, atol=1e-3), (a - b).abs().max()
+
+
+def _tiny_config(tmp_path: Path, **model) -> Path:
+    write_fake_shards(tmp_path / "shards", keys_of(24), 8)
     cfg = {
         "seed_everything": 0,
         "trainer": {
@@ -81,40 +109,44 @@ def _tiny_config(tmp_path: Path, images: Path, **model) -> Path:
             "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
                            "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}],
         },
-        "model": {**TINY_MODEL, "objective_weight": 1.0, "refine_steps": 2, "refine_images": 2, **model},
-        "data": {"class_path": "amortized.image_datamodule.ImageDataModule",
-                 "init_args": {"images": str(images), "batch_size": 2, "limit": 4}},
+        "model": {"classifier": "tiny-test", "preset": "tiny", "net": {"width": 4, "head_width": 8},
+                  "loss": {"objective_weight": 1.0}, "validation": {"refine_steps": 2, "refine_images": 2}, **model},
+        "data": {"class_path": "amortized.datamodule.MaskShardDataModule",
+                 "init_args": {"shards": str(tmp_path / "shards"), "batch_size": 2, "val_fraction": 0.25}},
     }
     path = tmp_path / "train.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
-def test_objective_only_training_without_shards_and_resume(tmp_path, imagenet_sample):
-    config = _tiny_config(tmp_path, imagenet_sample, supervised_weight=0.0)
+def test_training_on_shards_with_the_objective_and_resume(tmp_path):
+    config = _tiny_config(tmp_path)
     cli = cli_main(["fit", "--config", str(config)])
     assert cli.trainer.global_step == 2
     metrics = cli.trainer.callback_metrics
-    assert "train/objective" in metrics and "val/rde_loss_learned" in metrics and "val/refine2_ratio" in metrics and "val/refine2_collapsed" in metrics
+    for name in ("train/supervised", "train/objective", "train/barrier", "val/rde_loss_learned", "val/kept_logprob",
+                 "val/refine2_over_target", "val/refine2_collapsed"):
+        assert name in metrics, name
     last = tmp_path / "ckpt" / "last.ckpt"
-    ckpt = torch.load(last, weights_only=False)
-    assert ckpt[CHECKPOINT_KEY]["classifier"] == "tiny-test"
-    assert ckpt[CHECKPOINT_KEY]["layout"] == "wavelet:db3:J5:zero:64x64"
-    assert not any("classifier" in k for k in ckpt["state_dict"]), "the frozen classifier must not be saved"
+    payload = read_initializer(last)  # plain data inside the Lightning checkpoint, read with weights_only=True
+    assert payload["classifier"] == "tiny-test" and payload["layout"] == "wavelet:db3:J5:zero:64x64"
+    assert payload["net"]["feature_channels"] == {"s2": 8, "s4": 16}
+    ckpt = torch.load(last, weights_only=True)
+    assert CHECKPOINT_KEY in ckpt and not any("classifier" in k for k in ckpt["state_dict"]), "the frozen classifier is never saved"
 
     resumed = cli_main(["fit", "--config", str(config), "--trainer.max_epochs", "2", "--ckpt_path", str(last)])
     assert resumed.trainer.current_epoch == 2
     assert resumed.trainer.global_step == 4
 
 
-def test_config_round_trip(tmp_path, imagenet_sample):
-    config = _tiny_config(tmp_path, imagenet_sample, lr=0.005, under_weight=3.0)
+def test_config_round_trip(tmp_path):
+    config = _tiny_config(tmp_path, lr=0.005, loss={"under_weight": 3.0})
     first = cli_main(["fit", "--config", str(config), "--trainer.max_epochs", "0"])
     saved = Path(first.trainer.log_dir) / "config.yaml"
     assert saved.exists()
     second = cli_main(["fit", "--config", str(saved), "--trainer.max_epochs", "0"])
     assert dict(first.model.hparams) == dict(second.model.hparams)
-    assert second.model.hparams.lr == 0.005 and second.model.hparams.under_weight == 3.0
+    assert second.model.hparams.lr == 0.005 and second.model.hparams.loss["under_weight"] == 3.0
     assert second.datamodule.hparams.preset == "tiny"  # linked from the model
 
 
@@ -136,30 +168,30 @@ def test_wandb_logger_is_offline_and_makes_no_network_call(tmp_path, monkeypatch
     monkeypatch.setattr(socket.socket, "connect", guarded)
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    model = MaskInitializer(**TINY_MODEL, refine_steps=0)
-    k = model.net.layout(64, 64).num_entries
+    model = _model()
     logger = WandbLogger(project="fastcartoonx-test", save_dir=str(tmp_path), offline=True)
     trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=0, logger=logger, log_every_n_steps=1)
-    trainer.fit(model, DataLoader(_synthetic(2, k), batch_size=2))
+    trainer.fit(model, DataLoader(_synthetic(2), batch_size=2, collate_fn=_collate))
     logger.experiment.finish()
     assert attempts == []
     assert list(tmp_path.rglob("offline-run-*")), "wandb did not write an offline run"
 
 
 def test_init_weights_fine_tunes_from_another_checkpoint(tmp_path):
-    source = MaskInitializer(**TINY_MODEL, refine_steps=0)
+    source = _model()
     with torch.no_grad():
         for p in source.net.parameters():
             p.add_(torch.randn_like(p))
+    trainer = _trainer(tmp_path, max_steps=0, limit_val_batches=0)
+    trainer.fit(source, DataLoader(_synthetic(2), batch_size=2, collate_fn=_collate))
     path = tmp_path / "source.ckpt"
-    torch.save({"state_dict": source.state_dict()}, path)
-    model = MaskInitializer(**TINY_MODEL, refine_steps=0, lr=0.0, weight_decay=0.0, init_weights=str(path))
-    k = model.net.layout(64, 64).num_entries
-    _trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, DataLoader(_synthetic(2, k), batch_size=2))
+    trainer.save_checkpoint(path)
+    model = _model(lr=0.0, weight_decay=0.0, init_weights=str(path))
+    _trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(model, DataLoader(_synthetic(2), batch_size=2, collate_fn=_collate))
     for (name, a), b in zip(source.net.named_parameters(), model.net.parameters()):
         assert torch.equal(a, b), name  # lr 0: exactly the loaded weights
 
-    other = MaskInitializer(**{**TINY_MODEL, "width": 8}, refine_steps=0)
+    other = _model(net={"width": 8})
     with pytest.raises(ValueError, match="does not match"):
         other.load_net_weights(path)
 

@@ -1,0 +1,127 @@
+"""The initializer checkpoint format: plain data that loads with ``torch.load(weights_only=True)``.
+
+A shipped initializer is one dict (:data:`FORMAT`, version :data:`FORMAT_VERSION`): the classifier's
+name, the full preset it was trained for (not only its name, so it loads where that preset is unknown),
+the mask layout's signature, the feature taps, the network's plain configuration and state dict, the
+guard settings, and the training hyper-parameters and versions for the record. Nothing in it needs
+Lightning, LightningCLI or jsonargparse to read. Lightning training checkpoints carry the same dict
+under :data:`CHECKPOINT_KEY`; :func:`export_checkpoint` extracts it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import rde
+from rde import RDEConfig
+from rde.layout import MaskLayout
+
+CHECKPOINT_KEY = "fastcartoonx"
+FORMAT = "fastcartoonx-initializer"
+FORMAT_VERSION = 2
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint trained for another classifier, preset or mask layout, or not an initializer at all."""
+
+
+def initializer_payload(
+    classifier: str,
+    preset: RDEConfig,
+    taps: dict[str, str],
+    net_config: dict[str, Any],
+    state_dict: dict[str, torch.Tensor],
+    training: dict[str, Any] | None = None,
+    guard: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    size = preset.image_size
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "classifier": classifier,
+        "preset": preset.to_dict(),
+        "layout": MaskLayout.for_wavelet(size, size, preset.wavelet).signature,
+        "taps": dict(taps),
+        "net": _plain(net_config),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in state_dict.items()},
+        "guard": _plain(guard or {}),
+        "training": _plain(training or {}),
+        "versions": {"fastcartoonx": str(rde.__version__), "torch": str(torch.__version__)},
+    }
+
+
+def read_initializer(path: str | Path) -> dict[str, Any]:
+    """The initializer payload of ``path``: an exported file, or a Lightning checkpoint written by training.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointMismatchError: not an initializer checkpoint, or one of an older format.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"initializer checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - an unreadable or foreign file
+        raise CheckpointMismatchError(f"{path}: not a readable initializer checkpoint ({str(e).splitlines()[0]})") from None
+    if isinstance(ckpt, dict) and CHECKPOINT_KEY in ckpt:
+        ckpt = ckpt[CHECKPOINT_KEY]
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointMismatchError(f"{path}: not a FastCartoonX initializer checkpoint")
+    if ckpt.get("format_version") != FORMAT_VERSION:
+        raise CheckpointMismatchError(
+            f"{path}: initializer format version {ckpt.get('format_version')}, this FastCartoonX reads version "
+            f"{FORMAT_VERSION}; retrain it with `cartoonx train`"
+        )
+    return ckpt
+
+
+def check_compatible(payload: dict[str, Any], classifier: str, preset: RDEConfig, source: str = "checkpoint") -> None:
+    """Refuse a checkpoint whose classifier, layout or objective differs from the requested ones."""
+    problems = []
+    if payload.get("classifier") != classifier:
+        problems.append(f"classifier {payload.get('classifier')!r} (requested {classifier!r})")
+    trained = RDEConfig.from_dict({k: v for k, v in payload["preset"].items() if k != "name"})
+    for key in ("image_size", "wavelet", "lam", "distortion", "obfuscation", "spatial_weight"):
+        if getattr(trained, key) != getattr(preset, key):
+            problems.append(f"{key} {getattr(trained, key)!r} (requested {getattr(preset, key)!r})")
+    if problems:
+        raise CheckpointMismatchError(
+            f"{source} was trained for a different setting: " + "; ".join(problems) + ". Use a matching "
+            "--model/--preset or train an initializer for this one with `cartoonx train`."
+        )
+
+
+def export_checkpoint(source: str | Path, destination: str | Path, guard: dict[str, Any] | None = None) -> Path:
+    """Write the plain initializer payload of a training checkpoint (no optimizer or loop state), optionally
+    with the guard settings it ships with: what an initializer needs to ship."""
+    payload = read_initializer(source)
+    if guard is not None:
+        payload["guard"] = _plain(guard)
+    destination = Path(destination)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(payload, destination)
+    return destination
+
+
+def _plain(value: Any) -> Any:
+    """Dicts, lists, strings, numbers, bools and None only (what ``weights_only=True`` loads)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, bool):
+        return value
+    for kind in (str, int, float):  # subclasses such as torch's TorchVersion are not plain
+        if isinstance(value, kind):
+            return kind(value)
+    if hasattr(value, "to_dict"):
+        return _plain(value.to_dict())
+    if hasattr(value, "__dataclass_fields__"):
+        from dataclasses import asdict
+
+        return _plain(asdict(value))
+    return str(value)

@@ -1,0 +1,107 @@
+"""The fast iteration metric for initializers: loss after a short refinement over the exact target's final loss.
+
+A full comparison needs an all-ones run of N steps per photo; this needs only S (default 30) steps from the
+start, because the reference comes from the shards: each val-split sample holds its exact target's final loss
+(an all-ones optimum with other noise). A ratio near 1 at S=30 is what a 10x start looks like: the exact
+target itself, used as the start, gives about 0.96. Prints the median ratio over the photos, the loss at
+steps 1 and 10, how many refinements lost the class, the start's cost in optimizer steps and the guard's
+back-offs.
+
+    python benchmarks/bench_fast_init.py --limit 24                                # the bundled initializer
+    python benchmarks/bench_fast_init.py --limit 24 --checkpoint runs/initializer/checkpoints/last.ckpt --guard-keep 0
+    python benchmarks/bench_fast_init.py --limit 24 --start target                 # the ceiling: the exact targets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import rde
+from amortized import shards as S
+from amortized.initializer import Guard, LearnedInitializer
+from rde.metrics import collapsed, loss_at
+
+DEFAULT_SHARDS = Path("../shared/targets/efficientnet_lite0-cpu")
+
+
+def val_samples(shard_dir: Path, limit: int, split: str = "val") -> list[dict]:
+    """The first ``limit`` samples of a split, by key: image (3, H, W) in [0, 1], target mask, final loss."""
+    from amortized.datasets import in_split
+
+    index = S.open_shard_dir(shard_dir)
+    rows = [s for path, _ in index.shards for s in S.read_samples(path) if in_split(s["key"], split)]
+    rows.sort(key=lambda s: s["key"])
+    return [
+        {"key": s["key"], "image": torch.from_numpy(s["image"]).permute(2, 0, 1).float() / 255,
+         "mask": torch.from_numpy(s["mask"].astype("float32")), "target": s["meta"]["target"],
+         "final_loss": float(s["meta"]["final"]["loss"])}
+        for s in rows[:limit]
+    ]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shards", type=Path, default=DEFAULT_SHARDS)
+    p.add_argument("--limit", type=int, default=24, help="first N photos of the split (default: %(default)s)")
+    p.add_argument("--split", default="val")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--start", choices=("learned", "target", "ones"), default="learned")
+    p.add_argument("--checkpoint", type=Path, help="initializer (default: the bundled one)")
+    p.add_argument("--guard-keep", type=float, help="override the checkpoint's guard threshold (0: no guard)")
+    p.add_argument("--model", default="efficientnet_lite0")
+    p.add_argument("--preset", default="cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="append the result as one JSON line to this file")
+    args = p.parse_args()
+
+    explainer = rde.CartoonX(rde.create_classifier(args.model), args.preset)
+    samples = val_samples(args.shards, args.limit, args.split)
+    cost = torch.zeros(len(samples))
+    backoffs = None
+    ratios, loss1, loss10, lost = [], [], [], 0
+    start_time = time.perf_counter()
+    learned = None
+    if args.start == "learned":
+        learned = LearnedInitializer.for_explainer(explainer, args.checkpoint, seed=args.seed)
+        if args.guard_keep is not None:
+            learned.guard = Guard(**{**learned.guard.__dict__, "keep": args.guard_keep})
+        backoffs = []
+    for i, s in enumerate(samples):  # one photo at a time: batching does not pay on a CPU
+        x = s["image"][None]
+        target = torch.tensor([s["target"]])
+        if args.start == "learned":
+            init = learned(x, target)
+            cost[i] = learned.last_cost[0]
+            backoffs.append(int(learned.last_backoffs[0]))
+        else:
+            init = s["mask"][None] if args.start == "target" else "ones"
+        res = explainer.explain(x, target=target, init=init, steps=args.steps, seed=args.seed)
+        at = loss_at(res.history["loss"], [1, 10, args.steps])
+        ratios.append(float(at[args.steps][0]) / s["final_loss"])
+        loss1.append(float(at[1][0]))
+        loss10.append(float(at[10][0]))
+        lost += int(collapsed(res.history["distortion"], res.target_probs)[0])
+    result = {
+        "start": args.start, "checkpoint": str(args.checkpoint or "bundled"), "guard": None if learned is None else learned.guard.__dict__,
+        "photos": len(samples), "steps": args.steps, "median_ratio": statistics.median(ratios),
+        "median_loss_1": statistics.median(loss1), "median_loss_10": statistics.median(loss10), "collapsed": lost,
+        "median_start_cost_steps": float(cost.median()), "backoffs": backoffs,
+        "seconds": time.perf_counter() - start_time, "ratios": {s["key"]: round(r, 3) for s, r in zip(samples, ratios)},
+    }
+    print(f"{len(samples)} {args.split} photos, start {args.start}, S={args.steps}: median loss@{args.steps} / exact target's "
+          f"final loss {result['median_ratio']:.3f}; loss@1 {result['median_loss_1']:.3f}, loss@10 {result['median_loss_10']:.3f}; "
+          f"collapsed {lost}/{len(samples)}; start cost {result['median_start_cost_steps']:.2f} steps"
+          + (f"; guard back-offs {backoffs}" if backoffs is not None else ""))
+    if args.json:
+        with args.json.open("a") as f:
+            f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
