@@ -2,7 +2,9 @@
 
 Each subcommand lives in ``amortized/commands/<name>.py`` with ``add_arguments(parser)`` and
 ``run(args) -> int``; heavy imports (Lightning, webdataset) happen inside ``run``, so ``explain``
-never loads Lightning. Errors we raise for bad input become one line on stderr and exit code 2.
+never loads Lightning. Errors we raise for bad input or configuration (``ValueError`` and its subclasses,
+``FileNotFoundError``) become one line on stderr and exit code 2; anything else is a bug and keeps its
+traceback. ``--debug`` shows the traceback for every error.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ def _command_module(name: str):
 
 def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cartoonx", description="Fast CartoonX explanations for image classifiers.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of any error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in commands or COMMANDS:
         try:
@@ -42,7 +45,7 @@ def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentPars
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # Parse only the chosen subcommand's arguments so that unrelated modules are not imported.
-    chosen = [a for a in argv[:1] if a in COMMANDS]
+    chosen = [a for a in argv[:2] if a in COMMANDS][:1]
     parser = build_parser(chosen or None)
     args, rest = parser.parse_known_args(argv)
     if rest and not getattr(args, "_accepts_extra", False):
@@ -51,7 +54,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.extra = rest
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError, TypeError) as e:
+    except (ValueError, FileNotFoundError) as e:
+        if args.debug:
+            raise
         print(f"cartoonx {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

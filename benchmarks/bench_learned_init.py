@@ -51,6 +51,7 @@ def main() -> None:
     p.add_argument("--images", default="../shared/data/imagenet-sample")
     p.add_argument("--split", default="val")
     p.add_argument("--limit", type=int, default=8)
+    p.add_argument("--offset", type=int, default=0, help="skip the first photos of the split (to split a run over processes)")
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--preset", default="cpu")
     p.add_argument("--steps", type=int, help="N (default: the preset's)")
@@ -59,6 +60,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("outputs/bench-learned-init"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--resume", action="store_true", help="keep the images already in OUT/comparison.json")
+    p.add_argument("--merge", type=Path, nargs="*", default=[],
+                   help="also keep the images of these earlier outputs (e.g. other --offset runs)")
     p.add_argument("--ones-cache", type=Path, help="reuse/save each image's all-ones run here (default: OUT/ones); "
                    "it does not depend on the initializer, so comparing another checkpoint costs half")
     args = p.parse_args()
@@ -69,10 +72,11 @@ def main() -> None:
     explainer = rde.CartoonX(rde.create_classifier(args.model, device=device), preset)
     learned = LearnedInitializer.for_explainer(explainer, args.checkpoint, seed=args.seed)
     ckpt = args.checkpoint or "bundled"
-    items = list_images(args.images, args.split)[: args.limit]
-    done = load_finished(args.out, steps, ["ones", "learned"]) if args.resume else None
-    parts = [done] if done is not None else []
-    todo = [i for i in items if done is None or i.key not in done.names]
+    items = list_images(args.images, args.split)[args.offset : args.limit]
+    earlier = [args.out] if args.resume else []
+    parts = [c for c in (load_finished(d, steps, ["ones", "learned"]) for d in [*earlier, *args.merge]) if c is not None]
+    finished = {name for c in parts for name in c.names}
+    todo = [i for i in items if i.key not in finished]
     cache = args.ones_cache or args.out / "ones"
     cache.mkdir(parents=True, exist_ok=True)
     for item in todo:  # one image at a time: batching does not pay on a CPU

@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("WANDB_MODE", "offline")  # a config or WANDB_MODE=online opts in explicitly
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as in explain: spinning threads stall a shared CPU
     from amortized.training import cli_main
 
     argv = ["fit"]

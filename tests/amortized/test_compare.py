@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -215,3 +216,31 @@ def test_collapse_counts_against_an_init_only_where_ones_kept_the_class():
     comp = compare_inits(explainer, images, {"empty": torch.zeros(2, k)}, steps=30, rate_distortion=False)
     assert comp.runs["ones"].collapsed.all() and comp.runs["empty"].collapsed.all()
     assert torch.isfinite(comp.runs["empty"].steps_to_reach).all()  # compared as is
+
+
+def test_bundled_initializer_ships_inside_the_package_as_plain_data():
+    from amortized.initializer import bundled_checkpoint
+
+    path = bundled_checkpoint("efficientnet_lite0", "cpu")
+    assert path.is_file() and path.stat().st_size < 10 * 2**20
+    payload = torch.load(path, weights_only=True)
+    check_compatible(payload, "efficientnet_lite0", load_preset("cpu"))
+    assert payload["preset"]["image_size"] == 128 and payload["training"]["loss"]["under_weight"] == 4.0
+    with pytest.raises(ValueError, match="no bundled initializer"):
+        bundled_checkpoint("tiny-test", "cpu")
+
+
+@pytest.mark.slow
+def test_bundled_initializer_starts_a_real_photo_below_ones():
+    """On an example photo, the learned start is far below all-ones after 5 steps."""
+    from rde.io import load_images
+
+    explainer = CartoonX(create_classifier("efficientnet_lite0"), "cpu")
+    images = load_images([Path(__file__).parents[2] / "examples" / "n01531178_goldfinch.JPEG"], size=128)
+    start = LearnedInitializer.for_explainer(explainer)
+    mask = start(images)
+    assert mask.shape == (1, 18631) and float(mask.min()) >= 0.0 and float(mask.max()) <= 1.0
+    assert float(start.last_cost[0]) < 10  # the probe and at most a few guard checks
+    learned = explainer.explain(images, init=mask, steps=5).history["loss"][0, -1]
+    ones = explainer.explain(images, init="ones", steps=5).history["loss"][0, -1]
+    assert float(learned) < float(ones) / 3, (float(learned), float(ones))
