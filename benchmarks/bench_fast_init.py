@@ -70,7 +70,7 @@ def main() -> None:
     if args.start == "learned":
         learned = LearnedInitializer.for_explainer(explainer, args.checkpoint, seed=args.seed)
         if args.guard_keep is not None:
-            learned.guard = Guard(**{**learned.guard.__dict__, "keep": args.guard_keep})
+            learned.guard = Guard(**{**vars(learned.guard), "keep": args.guard_keep})
         backoffs = []
     for i, s in enumerate(samples):  # one photo at a time: batching does not pay on a CPU
         x = s["image"][None]

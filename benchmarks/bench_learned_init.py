@@ -23,7 +23,7 @@ import torch
 import rde
 from amortized.compare import Comparison, compare_inits, load_finished, ones_run, plot_comparison, wall_speedup
 from amortized.datasets import list_images
-from amortized.initializer import LearnedInitializer
+from amortized.initializer import Guard, LearnedInitializer
 from rde.io import load_image, preprocess
 from rde.metrics import reference_level
 
@@ -56,6 +56,7 @@ def main() -> None:
     p.add_argument("--preset", default="cpu")
     p.add_argument("--steps", type=int, help="N (default: the preset's)")
     p.add_argument("--checkpoint", type=Path)
+    p.add_argument("--guard-keep", type=float, help="override the checkpoint's guard threshold (0: no guard)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("outputs/bench-learned-init"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -71,6 +72,8 @@ def main() -> None:
     device = torch.device(args.device)
     explainer = rde.CartoonX(rde.create_classifier(args.model, device=device), preset)
     learned = LearnedInitializer.for_explainer(explainer, args.checkpoint, seed=args.seed)
+    if args.guard_keep is not None:
+        learned.guard = Guard(**{**vars(learned.guard), "keep": args.guard_keep})
     ckpt = args.checkpoint or "bundled"
     items = list_images(args.images, args.split)[args.offset : args.limit]
     earlier = [args.out] if args.resume else []
@@ -97,7 +100,8 @@ def main() -> None:
     wall = [wall_speedup(lrn, ones, steps, r) for r in reach]  # batch totals: per-image ratios are the same
     ref = reference_level(ones.history["loss"])
     zero = (lrn.history["loss"][:, 0] / ref).tolist()
-    print(f"{n} {args.split} images, {args.model}, preset {preset.name}, N={steps}, checkpoint {ckpt}")
+    print(f"{n} {args.split} images, {args.model}, preset {preset.name}, N={steps}, checkpoint {ckpt}, guard {learned.guard}")
+    print(f"start cost:               median {lrn.cost().median():.2f} steps (probe + guard checks, charged to steps-to-reach)")
     hit = [math.isfinite(r) for r in reach]
     print(f"steps-to-reach ones@{steps}: {quartiles(reach, hit)}")
     print(f"speedup N/steps:          {quartiles(speed, hit)}")

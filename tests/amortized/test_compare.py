@@ -244,3 +244,26 @@ def test_bundled_initializer_starts_a_real_photo_below_ones():
     learned = explainer.explain(images, init=mask, steps=5).history["loss"][0, -1]
     ones = explainer.explain(images, init="ones", steps=5).history["loss"][0, -1]
     assert float(learned) < float(ones) / 3, (float(learned), float(ones))
+
+
+def test_the_start_cost_is_charged_to_steps_to_reach_and_survives_save_and_load(tmp_path):
+    """A start that costs 2.5 steps of classifier passes reaches 2.5 steps later than its curve alone says."""
+    from amortized.compare import Comparison, compare_inits
+
+    explainer = CartoonX(create_classifier("tiny-test"), "tiny")
+    images = torch.rand(2, 3, 64, 64)
+
+    class PaidOnes:  # the all-ones mask, but reported as costing 2.5 steps
+        last_cost = torch.tensor([2.5, 2.5])
+
+        def __call__(self, x):
+            return torch.ones(len(x), explainer.representation(64, 64, torch.device("cpu")).layout.num_entries)
+
+    comp = compare_inits(explainer, images, {"paid": PaidOnes()}, steps=8, rate_distortion=False)
+    ones, paid = comp.runs["ones"], comp.runs["paid"]
+    assert torch.equal(paid.history["loss"], ones.history["loss"])  # the same optimization, same seeds
+    assert torch.equal(paid.steps_to_reach, ones.steps_to_reach + 2.5)
+    assert [r["start_steps"] for r in comp.per_image_rows() if r["init"] == "paid"] == [2.5, 2.5]
+    comp.save(tmp_path)
+    loaded = Comparison.load(tmp_path / "comparison.json")
+    assert torch.equal(loaded.runs["paid"].steps_to_reach, paid.steps_to_reach)
