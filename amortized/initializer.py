@@ -100,7 +100,10 @@ class LearnedInitializer:
         """Load ``checkpoint`` (default: the bundled one for the explainer's classifier and preset) and check that
         it was trained for that classifier and preset."""
         classifier, preset = explainer.classifier.name, explainer.config
-        path = Path(checkpoint) if checkpoint is not None else bundled_checkpoint(classifier, preset.name)
+        # A preset with overrides is named "<base>+"; the bundled one for <base> serves it where the check below
+        # finds every field that matters unchanged (steps and samples per call may differ, lambda may not).
+        base = preset.name.removesuffix("+")
+        path = Path(checkpoint) if checkpoint is not None else bundled_checkpoint(classifier, base)
         payload = read_initializer(path)
         check_compatible(payload, classifier, preset, source=str(path))
         return cls(payload, explainer, guard, seed)
