@@ -25,8 +25,7 @@ from torch import Tensor
 from amortized.checkpoint import CheckpointMismatchError, check_compatible, read_initializer
 from amortized.features import probe
 from amortized.net import MaskNet
-from rde import CartoonX, RDEConfig, load_preset
-from rde.representation import WaveletRepresentation
+from rde import CartoonX, RDEConfig
 
 BUNDLED = {("efficientnet_lite0", "cpu"): "efficientnet_lite0-cpu.pt"}
 
@@ -117,7 +116,6 @@ class LearnedInitializer:
         images = images.to(self.device).float()
         _, _, height, width = images.shape
         rep = self.explainer.representation(height, width, self.device)
-        assert isinstance(rep, WaveletRepresentation)
         inputs = probe(self.explainer.classifier, rep, images, target, self.taps)
         with torch.no_grad():
             mask = self.net(inputs, rep.layout)
