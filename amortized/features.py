@@ -9,12 +9,15 @@
 * **What the image holds:** the greyscale wavelet magnitudes per coefficient.
 
 The cost is one classifier pass (forward and backward) on the clean images, i.e. ``1 / L`` of an
-optimizer step that runs L noisy copies; :data:`PROBE_COST_STEPS` is what comparisons charge for it.
+optimizer step that runs L noisy copies; :class:`~amortized.initializer.LearnedInitializer` reports it
+in ``last_cost`` and comparisons charge it.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -63,21 +66,10 @@ def probe(
     """Features, class gradient and magnitudes of ``images`` ``(B, 3, H, W)`` in [0, 1] for ``targets``
     (default: the predicted classes), from one forward and backward pass of the clean images."""
     taps = feature_taps(classifier.name) if taps is None else taps
-    modules = dict(classifier.named_modules())
-    missing = [path for path in taps.values() if path not in modules]
-    if missing:
-        raise ValueError(f"classifier {classifier.name!r} has no module(s) {missing} to take features from")
     captured: dict[str, Tensor] = {}
-    hooks = [
-        modules[path].register_forward_hook(lambda _m, _a, out, name=name: captured.__setitem__(name, out.detach()))
-        for name, path in taps.items()
-    ]
-    try:
+    with _tapped(classifier, taps, lambda name, out: captured.__setitem__(name, out.detach())):
         coefficients = representation.encode(images.float()).detach().requires_grad_(True)
         logits = classifier(representation.decode(coefficients).clamp(0.0, 1.0))
-    finally:
-        for hook in hooks:
-            hook.remove()
     if targets is None:
         targets = logits.argmax(-1)
     targets = targets.to(logits.device).long()
@@ -98,17 +90,27 @@ def probe(
 
 def feature_channels(classifier: nn.Module, taps: dict[str, str], image_size: int) -> dict[str, int]:
     """Channels of each tapped feature map, from one forward pass of a blank image."""
-    modules = dict(classifier.named_modules())
     found: dict[str, int] = {}
+    device = next(iter(classifier.parameters())).device
+    with _tapped(classifier, taps, lambda name, out: found.__setitem__(name, out.shape[1])), torch.no_grad():
+        classifier(torch.zeros(1, 3, image_size, image_size, device=device))
+    return {name: found[name] for name in taps}
+
+
+@contextmanager
+def _tapped(classifier: nn.Module, taps: dict[str, str], record: Callable[[str, Any], None]) -> Iterator[None]:
+    """Call ``record(name, output)`` for every tapped module's output while the block runs; hooks are always removed."""
+    modules = dict(classifier.named_modules())
+    missing = [path for path in taps.values() if path not in modules]
+    if missing:
+        name = getattr(classifier, "name", type(classifier).__name__)
+        raise ValueError(f"classifier {name!r} has no module(s) {missing} to take features from")
     hooks = [
-        modules[path].register_forward_hook(lambda _m, _a, out, name=name: found.__setitem__(name, out.shape[1]))
+        modules[path].register_forward_hook(lambda _m, _a, out, name=name: record(name, out))
         for name, path in taps.items()
     ]
     try:
-        with torch.no_grad():
-            device = next(iter(classifier.parameters())).device
-            classifier(torch.zeros(1, 3, image_size, image_size, device=device))
+        yield
     finally:
         for hook in hooks:
             hook.remove()
-    return {name: found[name] for name in taps}

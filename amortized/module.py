@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from amortized.checkpoint import CHECKPOINT_KEY, initializer_payload
+from amortized.checkpoint import CHECKPOINT_KEY, initializer_payload, read_initializer
 from amortized.features import ProbeResult, feature_channels, feature_taps, probe
 from amortized.losses import per_scale_abs_error, risk_averse_mask_loss
 from amortized.net import INPUTS, MaskNet
@@ -228,8 +228,6 @@ class MaskInitializer(L.LightningModule):
 
     def load_net_weights(self, path: str | Path) -> None:
         """Copy the network weights of another initializer checkpoint (same architecture) into this one."""
-        from amortized.checkpoint import read_initializer
-
         payload = read_initializer(path)
         try:
             self.net.load_state_dict(payload["state_dict"])

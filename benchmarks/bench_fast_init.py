@@ -15,6 +15,7 @@ back-offs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -24,7 +25,7 @@ import torch
 
 import rde
 from amortized import shards as S
-from amortized.initializer import Guard, LearnedInitializer
+from amortized.initializer import LearnedInitializer
 from rde.metrics import collapsed, loss_at
 
 DEFAULT_SHARDS = Path("../shared/targets/efficientnet_lite0-cpu")
@@ -70,7 +71,7 @@ def main() -> None:
     if args.start == "learned":
         learned = LearnedInitializer.for_explainer(explainer, args.checkpoint, seed=args.seed)
         if args.guard_keep is not None:
-            learned.guard = Guard(**{**vars(learned.guard), "keep": args.guard_keep})
+            learned.guard = dataclasses.replace(learned.guard, keep=args.guard_keep)
         backoffs = []
     for i, s in enumerate(samples):  # one photo at a time: batching does not pay on a CPU
         x = s["image"][None]

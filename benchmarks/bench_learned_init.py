@@ -12,6 +12,7 @@ sparsity of both inits.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import statistics
 import time
@@ -23,7 +24,7 @@ import torch
 import rde
 from amortized.compare import Comparison, compare_inits, load_finished, ones_run, plot_comparison, wall_speedup
 from amortized.datasets import list_images
-from amortized.initializer import Guard, LearnedInitializer
+from amortized.initializer import LearnedInitializer
 from rde.io import load_image, preprocess
 from rde.metrics import reference_level
 
@@ -73,7 +74,7 @@ def main() -> None:
     explainer = rde.CartoonX(rde.create_classifier(args.model, device=device), preset)
     learned = LearnedInitializer.for_explainer(explainer, args.checkpoint, seed=args.seed)
     if args.guard_keep is not None:
-        learned.guard = Guard(**{**vars(learned.guard), "keep": args.guard_keep})
+        learned.guard = dataclasses.replace(learned.guard, keep=args.guard_keep)
     ckpt = args.checkpoint or "bundled"
     items = list_images(args.images, args.split)[args.offset : args.limit]
     earlier = [args.out] if args.resume else []

@@ -218,3 +218,12 @@ def test_dotted_stems_do_not_overwrite_each_other(tmp_path):
     for stem in ("a.v1", "a.v2"):
         for ext in (".png", ".npz", ".json"):
             assert (out / f"{stem}{ext}").exists(), f"{stem}{ext}"
+
+
+def test_learned_init_refuses_pixel_rde_before_any_work(tmp_path, capsys, tiny_initializer_checkpoint):
+    photo = write_photo(tmp_path / "a.png", 0)
+    args = ["explain", str(photo), *TINY, "--method", "pixel-rde", "--init", "learned",
+            "--checkpoint", str(tiny_initializer_checkpoint), "--out", str(tmp_path / "out")]
+    assert main(args) == 2
+    assert "cannot start Pixel RDE" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -199,8 +199,6 @@ def run(args: argparse.Namespace) -> int:
     method_cls = rde.CartoonX if args.method == "cartoonx" else rde.PixelRDE
     size = config.image_size
     layout = create_representation(method_cls.representation_kind, size, size, config.wavelet).layout
-    if args.init == "learned" and layout.kind != "wavelet":
-        raise ValueError("--init learned predicts CartoonX wavelet masks; it cannot initialize Pixel RDE")
     if args.init != "learned":
         init_for = resolve_init(args.init, layout, args)  # bad --init values fail before any work
     if args.out.exists() and not args.out.is_dir():
