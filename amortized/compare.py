@@ -28,6 +28,7 @@ from torch import Tensor
 from rde import CartoonX
 from rde.init import InitSpec
 from rde.metrics import collapsed, loss_at, rate_distortion_curve, reference_level, steps_to_reach
+from rde.plotting import loss_curves_figure, per_image_loss_figure, side_by_side_figure
 
 InitFactory = Callable[[Tensor], Tensor]
 FIXED_STEPS = (10, 30, 100)
@@ -283,90 +284,33 @@ def _set_steps_to_reach(runs: dict[str, InitRun], window: int) -> None:
 def plot_comparison(comparison: Comparison, out: str | Path) -> list[Path]:
     """Loss curves (median and quartile band over images, and per image), rate-distortion curves, and the
     explanations each init reached after N steps side by side (``explanations.png``, first 8 images)."""
-    from matplotlib.figure import Figure
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    colors = dict(zip(comparison.runs, ["#444444", "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e"]))
-    paths = []
-
-    fig = Figure(figsize=(11, 4.2), dpi=110)
-    ax, ax_rd = fig.subplots(1, 2)
-    x = np.arange(1, comparison.steps + 1)
+    losses = {label: run.history["loss"] for label, run in comparison.runs.items()}
     summary = {r["init"]: r for r in comparison.summary_rows()}
-    for label, run in comparison.runs.items():
-        loss = run.history["loss"].numpy()
-        q25, med, q75 = np.quantile(loss, [0.25, 0.5, 0.75], axis=0)
-        text = f"{label} (median)"
-        if label != "ones":
-            reach = summary[label]["median_steps_to_reach"]
-            text += ": never reaches ones@N" if reach is None else f": reaches ones@N at step {reach:.0f}, {summary[label]['median_speedup']:.1f}x"
-        ax.plot(x, med, color=colors[label], label=text)
-        ax.fill_between(x, q25, q75, color=colors[label], alpha=0.2, lw=0)
-    ref = float(np.median(reference_level(comparison.runs["ones"].history["loss"], comparison.window).numpy()))
-    ax.axhline(ref, color="k", ls=":", lw=1, label=f"ones@{comparison.steps} (10-step avg)")
-    ax.set(yscale="log", xlabel="Adam step", ylabel="loss = distortion + λ·‖s‖₁/k",
-           title=f"Loss over {len(comparison.names)} image(s): median and quartiles")
-    ax.legend(fontsize=8)
-    for label, run in comparison.runs.items():
-        if run.rd_keep is not None:
-            ax_rd.plot(RD_FRACTIONS, run.rd_keep.mean(0).cpu().numpy(), "o-", color=colors[label], ms=3, label=f"{label}: keep top")
-            ax_rd.plot(RD_FRACTIONS, run.rd_randomize.mean(0).cpu().numpy(), "s--", color=colors[label], ms=3, alpha=0.6,
-                       label=f"{label}: randomize top")
-    if any(run.rd_keep is not None for run in comparison.runs.values()):
-        ax_rd.set(xlabel="fraction of coefficients (most relevant first)", ylabel="distortion",
-                  title="Rate-distortion of the final masks")
-        ax_rd.set_xscale("symlog", linthresh=0.01)
-        ax_rd.legend(fontsize=7)
-    else:
-        ax_rd.axis("off")
-    fig.tight_layout()
-    paths.append(out / "loss_curves.png")
-    fig.savefig(paths[-1])
-
-    n = len(comparison.names)
-    cols = min(4, n)
-    rows = math.ceil(n / cols)
-    fig = Figure(figsize=(3.2 * cols, 2.6 * rows), dpi=100)
-    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
-    for i, name in enumerate(comparison.names):
-        for label, run in comparison.runs.items():
-            axes[i].plot(x, run.history["loss"][i].numpy(), color=colors[label], lw=0.8, label=label)
-        axes[i].set(yscale="log", title=name[:32])
-        axes[i].tick_params(labelsize=7)
-    for j in range(n, len(axes)):
-        axes[j].axis("off")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    paths.append(out / "loss_curves_per_image.png")
-    fig.savefig(paths[-1])
-
+    labels = {}
+    for label in comparison.runs:
+        reach = summary[label]["median_steps_to_reach"]
+        labels[label] = f"{label} (median)" + (
+            "" if label == "ones" else ": never reaches ones@N" if reach is None
+            else f": reaches ones@N at step {reach:.0f}, {summary[label]['median_speedup']:.1f}x")
+    reference = float(reference_level(losses["ones"], comparison.window).median())
+    rd = {label: (RD_FRACTIONS, run.rd_keep, run.rd_randomize) for label, run in comparison.runs.items()
+          if run.rd_keep is not None}
+    fig = loss_curves_figure(losses, reference, labels, rd or None, f"ones@{comparison.steps} (10-step avg)")
+    paths = [out / "loss_curves.png", out / "loss_curves_per_image.png"]
+    fig.savefig(paths[0], dpi=110)
+    per_image_loss_figure(losses, comparison.names).savefig(paths[1], dpi=100)
     if comparison.images is not None and all(r.explanation is not None for r in comparison.runs.values()):
+        n = min(8, len(comparison.names))
+        final = {label: loss_at(run.history["loss"][:n], [comparison.steps], comparison.window)[comparison.steps]
+                 for label, run in comparison.runs.items()}
+        captions = {label: [f"{label} @{comparison.steps}: loss {float(v):.3f}" for v in final[label]]
+                    for label in comparison.runs}
+        explanations = {label: run.explanation[:n] for label, run in comparison.runs.items()}
         paths.append(out / "explanations.png")
-        _explanations_figure(comparison, max_images=8).savefig(paths[-1])
+        side_by_side_figure(comparison.images[:n], explanations, comparison.names[:n], captions).savefig(paths[-1], dpi=100)
     return paths
-
-
-def _explanations_figure(comparison: Comparison, max_images: int):
-    """Rows: images; columns: the input, then each init's explanation after N steps with its final loss."""
-    from matplotlib.figure import Figure
-
-    n = min(max_images, len(comparison.names))
-    cols = 1 + len(comparison.runs)
-    fig = Figure(figsize=(2.3 * cols, 2.5 * n), dpi=100)
-    axes = np.asarray(fig.subplots(n, cols, squeeze=False))
-    for i in range(n):
-        axes[i, 0].imshow(comparison.images[i].permute(1, 2, 0).clamp(0, 1).numpy())
-        axes[i, 0].set_title(comparison.names[i][:28], fontsize=8)
-        for j, (label, run) in enumerate(comparison.runs.items(), start=1):
-            loss = float(loss_at(run.history["loss"][i : i + 1], [comparison.steps], comparison.window)[comparison.steps])
-            axes[i, j].imshow(run.explanation[i, 0].numpy(), cmap="gray", vmin=0, vmax=1)
-            axes[i, j].set_title(f"{label} @{comparison.steps}: loss {loss:.3f}", fontsize=8)
-    for ax in axes.ravel():
-        ax.set_xticks([])
-        ax.set_yticks([])
-    fig.tight_layout()
-    return fig
 
 
 def _median_or_none(values: list[float]) -> float | None:

@@ -175,3 +175,92 @@ def plot_mask_levels(
     if path is not None:
         _save(fig, path, dpi)
     return fig
+
+
+CURVE_COLORS = ("#444444", "#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e")
+
+
+def loss_curves_figure(
+    losses: dict[str, Tensor],
+    reference: float | None = None,
+    labels: dict[str, str] | None = None,
+    rate_distortion: dict[str, tuple[Sequence[float], Tensor, Tensor]] | None = None,
+    reference_label: str = "reference",
+) -> Figure:
+    """Loss curves of several runs on the same images: median and quartile band over images, log scale.
+
+    Args:
+        losses: run name -> ``(B, N)`` loss per image and step.
+        reference: a horizontal reference level (e.g. the all-ones run's loss at step N), drawn dotted and
+            named ``reference_label`` in the legend.
+        labels: run name -> legend text. Default: ``"<name> (median)"``.
+        rate_distortion: run name -> ``(fractions, keep, randomize)`` with ``keep``/``randomize`` of shape
+            ``(B, len(fractions))``; drawn in a second panel (mean over images) when given.
+    """
+    colors = dict(zip(losses, CURVE_COLORS))
+    fig = _new_figure(11, 4.2)
+    ax, ax_rd = fig.subplots(1, 2)
+    for name, loss in losses.items():
+        values = loss.detach().cpu().float().numpy()
+        q25, med, q75 = np.quantile(values, [0.25, 0.5, 0.75], axis=0)
+        x = np.arange(1, values.shape[1] + 1)
+        ax.plot(x, med, color=colors[name], label=(labels or {}).get(name, f"{name} (median)"))
+        ax.fill_between(x, q25, q75, color=colors[name], alpha=0.2, lw=0)
+    if reference is not None:
+        ax.axhline(reference, color="k", ls=":", lw=1, label=reference_label)
+    count = next(iter(losses.values())).shape[0] if losses else 0
+    ax.set(yscale="log", xlabel="Adam step", ylabel="loss = distortion + λ·‖s‖₁/k",
+           title=f"Loss over {count} image(s): median and quartiles")
+    ax.legend(fontsize=8)
+    if rate_distortion:
+        for name, (fractions, keep, randomize) in rate_distortion.items():
+            ax_rd.plot(fractions, keep.mean(0).cpu().numpy(), "o-", color=colors.get(name), ms=3, label=f"{name}: keep top")
+            ax_rd.plot(fractions, randomize.mean(0).cpu().numpy(), "s--", color=colors.get(name), ms=3, alpha=0.6,
+                       label=f"{name}: randomize top")
+        ax_rd.set(xlabel="fraction of coefficients (most relevant first)", ylabel="distortion",
+                  title="Rate-distortion of the final masks")
+        ax_rd.set_xscale("symlog", linthresh=0.01)
+        ax_rd.legend(fontsize=7)
+    else:
+        ax_rd.axis("off")
+    return fig
+
+
+def per_image_loss_figure(losses: dict[str, Tensor], names: Sequence[str], columns: int = 4) -> Figure:
+    """One small log-scale panel per image with every run's loss curve (``losses``: run -> ``(B, N)``)."""
+    colors = dict(zip(losses, CURVE_COLORS))
+    n = len(names)
+    cols = max(1, min(columns, n))
+    rows = -(-n // cols)
+    fig = _new_figure(3.2 * cols, 2.6 * rows)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    for i, image_name in enumerate(names):
+        for run, loss in losses.items():
+            axes[i].plot(np.arange(1, loss.shape[1] + 1), loss[i].detach().cpu().float().numpy(),
+                         color=colors[run], lw=0.8, label=run)
+        axes[i].set(yscale="log", title=image_name[:32])
+        axes[i].tick_params(labelsize=7)
+    for ax in axes[n:]:
+        ax.axis("off")
+    axes[0].legend(fontsize=7)
+    return fig
+
+
+def side_by_side_figure(images: Tensor, explanations: dict[str, Tensor], names: Sequence[str],
+                        captions: dict[str, Sequence[str]] | None = None) -> Figure:
+    """Rows: images ``(B, 3, H, W)``; columns: the input, then each run's ``(B, 1, H, W)`` explanation,
+    titled by ``captions[run][i]`` when given."""
+    n = images.shape[0]
+    cols = 1 + len(explanations)
+    fig = _new_figure(2.3 * cols, 2.5 * n)
+    axes = np.asarray(fig.subplots(n, cols, squeeze=False))
+    for i in range(n):
+        axes[i, 0].imshow(_hwc(images[i]))
+        axes[i, 0].set_title(names[i][:28], fontsize=8)
+        for j, (run, explanation) in enumerate(explanations.items(), start=1):
+            axes[i, j].imshow(explanation[i, 0].detach().cpu().float().numpy(), cmap="gray", vmin=0, vmax=1)
+            axes[i, j].set_title(captions[run][i] if captions else run, fontsize=8)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig

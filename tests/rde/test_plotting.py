@@ -130,3 +130,39 @@ def test_plotting_leaves_pyplot_alone(tmp_path):
     plot_explanation(make_explanation(MaskLayout.for_wavelet(64, 64)), 0, tmp_path / "a.png")
     plot_mask_levels(MaskLayout.for_pixels(32, 32).split(torch.rand(32 * 32)))
     assert plt.get_fignums() == before
+
+
+def test_loss_curves_figure_draws_median_band_and_reference():
+    from rde.plotting import loss_curves_figure
+
+    losses = {"ones": torch.tensor([[4.0, 2.0, 1.0], [6.0, 4.0, 3.0], [8.0, 6.0, 5.0]]), "learned": torch.ones(3, 3)}
+    fig = loss_curves_figure(losses, reference=2.5, labels={"learned": "learned: 3x"}, reference_label="ones@3")
+    ax, ax_rd = fig.axes[:2]
+    median = ax.lines[0].get_ydata()
+    assert np.allclose(median, [6.0, 4.0, 3.0])  # the middle image's curve, step by step
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["ones (median)", "learned: 3x", "ones@3"]
+    assert ax.get_yscale() == "log" and not ax_rd.axison  # no rate-distortion data -> panel off
+
+
+def test_loss_curves_figure_rate_distortion_panel_is_the_mean_over_images():
+    from rde.plotting import loss_curves_figure
+
+    keep = torch.tensor([[1.0, 0.5], [3.0, 0.5]])
+    fig = loss_curves_figure({"ones": torch.ones(2, 4)}, rate_distortion={"ones": ((0.0, 1.0), keep, keep * 2)})
+    rd = fig.axes[1]
+    assert np.allclose(rd.lines[0].get_ydata(), [2.0, 0.5]) and np.allclose(rd.lines[1].get_ydata(), [4.0, 1.0])
+
+
+def test_per_image_and_side_by_side_figures(tmp_path):
+    from rde.plotting import per_image_loss_figure, side_by_side_figure
+
+    losses = {"ones": torch.rand(5, 7) + 0.1, "learned": torch.rand(5, 7) + 0.1}
+    fig = per_image_loss_figure(losses, [f"img{i}" for i in range(5)])
+    drawn = [ax for ax in fig.axes if ax.axison]
+    assert len(fig.axes) == 8 and len(drawn) == 5 and [ax.get_title() for ax in drawn] == [f"img{i}" for i in range(5)]
+    assert np.allclose(drawn[3].lines[1].get_ydata(), losses["learned"][3].numpy())
+    images, masks = torch.rand(2, 3, 8, 8), {"ones": torch.rand(2, 1, 8, 8), "learned": torch.rand(2, 1, 8, 8)}
+    fig = side_by_side_figure(images, masks, ["a", "b"], {"ones": ["o0", "o1"], "learned": ["l0", "l1"]})
+    assert [ax.get_title() for ax in fig.axes] == ["a", "o0", "l0", "b", "o1", "l1"]
+    fig.savefig(tmp_path / "x.png")
+    assert Image.open(tmp_path / "x.png").size[0] > 100
