@@ -51,6 +51,22 @@ def samples_by_key(out: Path) -> dict[str, dict]:
     return {s["key"]: s for p in S.list_shards(out) for s in S.read_samples(p)}
 
 
+def start_generate(src: Path, out: Path, shard_size: int) -> subprocess.Popen:
+    """``cartoonx generate`` in a subprocess, slow enough (40 steps per image) to be interrupted mid-run."""
+    cmd = [sys.executable, "-m", "amortized.cli", "generate", str(src), "--out", str(out), "--model", "tiny-test",
+           "--preset", "tiny", "--steps", "40", "--batch-size", "1", "--shard-size", str(shard_size), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_until(proc: subprocess.Popen, ready, limit: float = 120) -> None:
+    """Poll ``ready()`` while ``proc`` runs; fail if it ends first (``limit`` only guards against a hang)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.05)
+    assert proc.poll() is None, f"generation ended before it could be interrupted: {proc.stderr.read().decode()[-2000:]}"
+
+
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     return make_images(tmp_path_factory.mktemp("images"), 7)
@@ -179,17 +195,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_kill_9_loses_only_the_open_shard(tmp_path):
     src = make_images(tmp_path / "img", 6)
     out = tmp_path / "shards"
-    cmd = [sys.executable, "-m", "amortized.cli", "generate", str(src), "--out", str(out), "--model", "tiny-test",
-           "--preset", "tiny", "--steps", "40", "--batch-size", "1", "--shard-size", "2", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
+    proc = start_generate(src, out, shard_size=2)
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if out.is_dir() and S.list_shards(out) and list(out.glob("*.tmp")):
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, f"generation ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        wait_until(proc, lambda: out.is_dir() and S.list_shards(out) and list(out.glob("*.tmp")))
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
@@ -244,15 +252,9 @@ def test_signal_stops_cleanly_and_rerun_resumes(tmp_path, sig, code, name):
     a manifest that lists exactly the shards on disk, and a rerun that completes the set."""
     src = make_images(tmp_path / "img", 6)
     out = tmp_path / "shards"
-    cmd = [sys.executable, "-m", "amortized.cli", "generate", str(src), "--out", str(out), "--model", "tiny-test",
-           "--preset", "tiny", "--steps", "40", "--batch-size", "1", "--shard-size", "4", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = start_generate(src, out, shard_size=4)
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and proc.poll() is None and not list(out.glob("*.tmp")):
-            time.sleep(0.05)
-        assert proc.poll() is None, f"generation ended before the signal: {proc.stderr.read().decode()[-2000:]}"
+        wait_until(proc, lambda: list(out.glob("*.tmp")))  # a shard is open
         proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)  # a guard against a hang, not a timing assertion
     finally:
