@@ -20,7 +20,6 @@ Multi-device example (each rank writes ``masks-<hash>-r<rank>-*.tar.gz``)::
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import sys
 import time
@@ -193,7 +192,7 @@ class ShardPredictionWriter(BasePredictionWriter):
         self.shard_size = shard_size
         self.compress = compress
         self.show_progress = show_progress
-        self.stop = stop
+        self.stop = stop or StopOnSignals()  # one not entered never raises: critical() is then a no-op
         self.summary = GenerateSummary(self.out_dir, chash)
         self._writer: S.AtomicShardWriter | None = None
         self._bar: tqdm | None = None
@@ -221,7 +220,7 @@ class ShardPredictionWriter(BasePredictionWriter):
         self._start = time.perf_counter()
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
-        with self.stop.critical() if self.stop else contextlib.nullcontext():  # a signal waits: no half sample
+        with self.stop.critical():  # a signal waits until the samples are written: no half sample
             for sample in prediction["samples"]:
                 self._writer.write(sample)
             S.append_failures(self.out_dir, self._rank, self.chash, prediction["failed"])
@@ -250,7 +249,7 @@ class ShardPredictionWriter(BasePredictionWriter):
         started = self._writer is not None
         if self._writer is not None:
             writer, self._writer = self._writer, None
-            with self.stop.critical() if self.stop else contextlib.nullcontext():
+            with self.stop.critical():
                 writer.close()
         if self._bar is not None:
             self._bar.close()

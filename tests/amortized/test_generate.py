@@ -246,6 +246,25 @@ def test_out_that_is_a_file_is_refused_before_any_work(images, tmp_path, capsys,
     assert (tmp_path / "file").read_text() == "not a directory"
 
 
+def test_a_signal_waits_for_the_end_of_a_critical_block():
+    from amortized.signals import StopOnSignals, Stopped
+
+    before = signal.getsignal(signal.SIGTERM)
+    written = []
+    with pytest.raises(Stopped) as info, StopOnSignals() as stop:
+        with stop.critical():
+            os.kill(os.getpid(), signal.SIGTERM)
+            written.append("sample")  # not cut: the signal waits
+        written.append("never")
+    assert written == ["sample"] and info.value.exit_code == 143 and info.value.name == "SIGTERM"
+    with StopOnSignals() as stop:  # after the first, signals are only noted: clean-up is not cut short
+        with pytest.raises(Stopped):
+            os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.received == signal.SIGINT
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
 @pytest.mark.parametrize("sig,code,name", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "SIGINT")])
 def test_signal_stops_cleanly_and_rerun_resumes(tmp_path, sig, code, name):
     """SIGTERM/SIGINT mid-shard: exit 128+signal with a resume hint, the open shard finished (no .tmp),

@@ -13,7 +13,6 @@ import pytest
 
 from amortized import shards as S
 from amortized.datasets import split_of
-from amortized.shards import reader
 from tests.amortized.conftest import (
     K,
     corrupt_png,
