@@ -2,18 +2,27 @@
 
 Train and validation splits are the same hash split of sample keys that generation uses
 (:func:`amortized.datasets.split_of`), so they never overlap and don't depend on shard layout. Ranks
-and loader workers split by shards when there are enough, else by samples (see
-:func:`amortized.shards.plan_split`); no sample is ever read twice in an epoch, and every DDP rank gets
-the same number of training batches.
+and loader workers split by shards when there are enough, else by samples (:func:`plan_split`); no
+sample is ever read twice in an epoch, and every DDP rank gets the same number of training batches.
+Every sample is checked as it is read (:func:`amortized.shards.sample_problems`): a bad one is named in
+one warning line and skipped, never trained on.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterator
+
 import lightning as L
+import numpy as np
 from torch.utils.data import DataLoader
 
 from amortized import shards as S
 from amortized.datasets import DEFAULT_VAL_FRACTION
+
+log = logging.getLogger(__name__)
 
 
 class MaskShardDataModule(L.LightningDataModule):
@@ -29,7 +38,7 @@ class MaskShardDataModule(L.LightningDataModule):
         val_fraction: fraction of keys in the validation split (the hash split).
         seed: shuffling seed; epoch e shuffles with ``seed + e``.
         shuffle_buffer: samples in the shuffle buffer.
-        split_mode: ``auto``, ``shards`` or ``samples`` (see :func:`amortized.shards.plan_split`).
+        split_mode: ``auto``, ``shards`` or ``samples`` (see :func:`plan_split`).
     """
 
     def __init__(
@@ -88,13 +97,13 @@ class MaskShardDataModule(L.LightningDataModule):
         batch_size = hp.batch_size if train else hp.val_batch_size or hp.batch_size
         rank, world = self._distributed()
         counts = self.index.counts(split, hp.val_fraction)
-        plan = S.plan_split(counts, batch_size, rank, world, hp.num_workers, hp.split_mode, equalize=train)
+        plan = plan_split(counts, batch_size, rank, world, hp.num_workers, hp.split_mode, equalize=train)
         if plan.num_batches == 0 and train:
             raise ValueError(
                 f"{self.index.directory}: the {split} split has {sum(counts)} samples, not enough for one batch "
                 f"of {batch_size} on each of {world} rank(s); lower batch_size"
             )
-        pipeline = S.mask_pipeline(
+        pipeline = mask_pipeline(
             self.index, split, hp.val_fraction, batch_size, shuffle=train, seed=hp.seed,
             shuffle_buffer=hp.shuffle_buffer, plan=plan,
         )
@@ -105,3 +114,167 @@ class MaskShardDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", train=False)
+
+
+# -- how ranks and workers share the shards, and the reading pipeline --------------------------------------
+@dataclass(frozen=True)
+class SplitPlan:
+    """How one rank reads its part: by whole shards or by every S-th sample, and how many batches each
+    of its loader workers yields (``None``: all it has, partial last batch included)."""
+
+    mode: str  # "shards" or "samples"
+    slots: int  # world_size * num_workers
+    worker_batches: tuple[int, ...] | None
+    num_batches: int
+
+
+def plan_split(
+    counts: list[int],
+    batch_size: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    mode: str = "auto",
+    equalize: bool = True,
+) -> SplitPlan:
+    """Decide how ranks and workers share shards with per-shard sample ``counts``.
+
+    ``shards`` mode gives rank r the shards ``[r::world]`` and its worker w ``[w::workers]`` of those
+    (webdataset's ``split_by_node``/``split_by_worker``); it needs at least one shard per slot.
+    ``samples`` mode has every slot read all shards and keep every S-th sample (S = slots); it works
+    with any number of shards. Either way no sample reaches two slots. With ``equalize`` (training)
+    every rank yields the same number of full batches, so DDP ranks stay in step: surplus batches are
+    dropped, never repeated. ``auto`` uses shards unless that would drop over 10% more data.
+    """
+    if mode not in ("auto", "shards", "samples"):
+        raise ValueError(f"split mode must be auto, shards or samples, got {mode!r}")
+    workers = max(1, num_workers)
+    slots = world_size * workers
+    n = sum(counts)
+
+    def per_slot(m: str) -> list[list[int]]:  # [rank][worker] -> samples
+        if m == "samples":
+            return [[n // slots + (r * workers + w < n % slots) for w in range(workers)] for r in range(world_size)]
+        return [[sum(counts[r::world_size][w::workers]) for w in range(workers)] for r in range(world_size)]
+
+    def usable(m: str) -> int:
+        return min(sum(c // batch_size for c in row) for row in per_slot(m))
+
+    if mode == "auto":
+        mode = "shards" if len(counts) >= slots and usable("shards") >= 0.9 * usable("samples") else "samples"
+    elif mode == "shards" and len(counts) < slots:
+        raise ValueError(
+            f"{len(counts)} shard(s) cannot be split over {world_size} rank(s) x {workers} worker(s) "
+            "without duplication; use split mode 'samples' or 'auto'"
+        )
+    mine = per_slot(mode)[rank]
+    if not equalize:
+        return SplitPlan(mode, slots, None, sum(-(-c // batch_size) for c in mine))
+    caps = [c // batch_size for c in mine]
+    excess = sum(caps) - usable(mode)
+    while excess > 0:
+        caps[caps.index(max(caps))] -= 1
+        excess -= 1
+    return SplitPlan(mode, slots, tuple(caps), sum(caps))
+
+
+def _split_samples(src: Iterator[Any]) -> Iterator[Any]:
+    """Keep every S-th sample for this (rank, worker) slot, S = world_size * num_workers."""
+    import webdataset as wds
+
+    rank, world, worker, workers = wds.utils.pytorch_worker_info()
+    slots = world * workers
+    slot = rank * workers + worker
+    for i, sample in enumerate(src):
+        if i % slots == slot:
+            yield sample
+
+
+def _cap_batches(src: Iterator[Any], worker_batches: tuple[int, ...]) -> Iterator[Any]:
+    import itertools
+
+    import webdataset as wds
+
+    _, _, worker, _ = wds.utils.pytorch_worker_info()
+    yield from itertools.islice(src, worker_batches[worker])
+
+
+def _key_in_split(sample: dict[str, Any], split: str, fraction: float) -> bool:
+    from amortized.datasets import in_split
+
+    return in_split(sample["__key__"], split, fraction)
+
+
+def _training_sample(sample: dict[str, Any], spec: S.SampleSpec) -> dict[str, Any] | None:
+    """Decode and check one raw sample; a bad one is named in one warning line and dropped (``None``)."""
+    import torch
+
+    key = sample["__key__"]
+    raw = {f: sample[f] for f in S.FIELDS if f in sample}  # only our fields are decoded, never by extension
+    s, problems = S.check_sample(key, raw, spec)
+    if problems:
+        log.warning("%s: %s: %s; skipped", sample.get("__url__"), key, "; ".join(problems))
+        return None
+    meta = s["meta"]
+    return {
+        "key": key,
+        "image": torch.from_numpy(s["image"]).permute(2, 0, 1).float() / 255,
+        "mask": torch.from_numpy(s["mask"].astype(np.float32)),
+        "target": torch.tensor(meta["target"], dtype=torch.long),
+        "label": torch.tensor(s["label"], dtype=torch.long),
+        "final_loss": torch.tensor(meta["final"]["loss"], dtype=torch.float32),
+    }
+
+
+def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    import torch
+
+    batch = {k: torch.stack([s[k] for s in samples]) for k in ("image", "mask", "target", "label", "final_loss")}
+    batch["key"] = [s["key"] for s in samples]
+    return batch
+
+
+def mask_pipeline(
+    index: S.ShardIndex,
+    split: str = "train",
+    val_fraction: float = 1 / 8,
+    batch_size: int = 16,
+    shuffle: bool = True,
+    seed: int = 0,
+    shuffle_buffer: int = 256,
+    plan: SplitPlan | None = None,
+):
+    """A ``webdataset.DataPipeline`` of batches from a shard directory (use with ``DataLoader(batch_size=None)``).
+
+    Batches are dicts: ``image`` (B, 3, H, W) float in [0, 1], ``mask`` (B, k) float32, ``target`` (B,)
+    the class the mask explains, ``label`` (B,) true class (-1 unknown), ``final_loss`` (B,), ``key`` list.
+    ``plan`` (from :func:`plan_split`) fixes how ranks and workers share the data; default one process.
+    Shuffling is seeded (``seed`` + epoch, counted per pass): reproducible, different every epoch.
+    Every sample is decoded and checked here; one that fails is named in a warning and skipped.
+    """
+    import webdataset as wds
+
+    if plan is None:
+        plan = plan_split(index.counts(split, val_fraction), batch_size, equalize=False)
+    spec = S.SampleSpec(index.layout().num_entries, index.config["preset"]["image_size"], index.config_hash,
+                        index.config["layout"])
+    urls = [str(p) for p, _ in index.shards]
+    if not urls:
+        raise ValueError(f"{index.directory}: no finished shards to read")
+    stages: list[Any] = [wds.SimpleShardList(urls)]
+    if plan.mode == "shards":
+        stages += [wds.split_by_node, wds.split_by_worker]
+    if shuffle:
+        stages.append(wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed))
+    stages += [wds.tarfile_to_samples(), wds.select(functools.partial(_key_in_split, split=split, fraction=val_fraction))]
+    if plan.mode == "samples":
+        stages.append(wds.pipelinefilter(_split_samples)())
+    if shuffle:
+        stages.append(wds.detshuffle(bufsize=shuffle_buffer, initial=min(shuffle_buffer, 64), seed=seed + 1))
+    stages += [
+        wds.map(functools.partial(_training_sample, spec=spec)),  # None (a bad sample) is dropped
+        wds.batched(batch_size, collation_fn=_collate, partial=plan.worker_batches is None),
+    ]
+    if plan.worker_batches is not None:
+        stages.append(wds.pipelinefilter(_cap_batches)(plan.worker_batches))
+    return wds.DataPipeline(*stages).with_length(plan.num_batches, silent=True)

@@ -4,10 +4,13 @@ Runs Lightning's predict loop: :class:`TargetGenerator` optimizes a batch of mas
 and :class:`ShardPredictionWriter` writes them, one shard series per rank, so N devices or nodes write
 disjoint shards. One CPU process is the same path with ``devices=1``.
 
-Resuming is rerunning: keys found in finished shards are skipped, new shards are numbered on, and
-``*.tmp`` shards left by a killed run are deleted. A directory holding shards of another configuration
-is refused. Each image's noise seed is a hash of its key and the base seed, so targets don't depend on
-batch size, ordering, or the number of devices.
+Resuming is rerunning: keys found in finished shards are skipped, new shards are numbered on,
+``*.tmp`` shards left by a killed run are deleted, and finished samples that fail their checks are
+dropped and recomputed (:func:`amortized.shards.open_for_writing`). A directory holding shards of
+another configuration is refused. SIGTERM or SIGINT stops a run within seconds: the open shard is
+finished, the manifest rewritten, and :class:`~amortized.signals.Stopped` raised. Each image's noise
+seed is a hash of its key and the base seed, so targets don't depend on batch size, ordering, or the
+number of devices. Samples and the manifest record where they were computed (``provenance``).
 
 Multi-device example (each rank writes ``masks-<hash>-r<rank>-*.tar.gz``)::
 
@@ -18,9 +21,6 @@ Multi-device example (each rank writes ``masks-<hash>-r<rank>-*.tar.gz``)::
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import json
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -31,20 +31,19 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
-from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 import rde
 from amortized import shards as S
 from amortized.datasets import ImageItem, key_fraction, key_seed, list_images
+from amortized.generate_data import GenerateDataModule, failure_record
+from amortized.signals import StopOnSignals, Stopped
 from rde import CartoonX, MaskLayout, RDEConfig, create_classifier, load_preset
 from rde.classifiers import Classifier
-from rde.io import load_image, preprocess
 
 METHOD = "cartoonx"
 INIT = "ones"
 TARGET = "predicted"
-LOCK_NAME = ".generate.lock"
 
 
 # -- configuration ----------------------------------------------------------------------------------------
@@ -99,182 +98,6 @@ def _hours(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
 
 
-# -- output directory ----------------------------------------------------------------------------------
-def prepare_output_dir(out_dir: Path, config: dict[str, Any], chash: str) -> set[str]:
-    """Check and tidy ``out_dir`` before a run; returns the keys already in finished shards.
-
-    Raises:
-        ConfigMismatchError: finished shards of another configuration are present.
-        CorruptShardError: a finished shard is unreadable or incomplete (the message names it).
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    others = sorted({n.config_hash for n in map(S.parse_shard_name, S.list_shards(out_dir)) if n.config_hash != chash})
-    if others:
-        manifest = S.read_manifest(out_dir) or {}
-        old = manifest.get("config") if manifest.get("config_hash") in others else None
-        diff = "; ".join(S.config_diff(old, config)) if old else "see its manifest.json"
-        raise S.ConfigMismatchError(
-            f"{out_dir} already holds shards of another configuration (config hash {', '.join(others)}, "
-            f"this run {chash}): {diff}. Use another --out directory, or rerun with the original settings."
-        )
-    removed = S.remove_partial_shards(out_dir)
-    if removed:
-        tqdm.write(f"removed {len(removed)} partial shard(s) left by an interrupted run", file=sys.stderr)
-    done: set[str] = set()
-    for path in S.list_shards(out_dir, chash):
-        keys = S.cached_shard_keys(path)
-        dup = done.intersection(keys)
-        if dup:
-            raise S.CorruptShardError(f"{path}: keys {sorted(dup)[:3]} also occur in another shard; remove one of them")
-        done.update(keys)
-    write_manifest(out_dir, config, chash)
-    return done
-
-
-def failure_log(out_dir: Path, rank: int) -> Path:
-    return out_dir / f"failed-r{rank}.jsonl"
-
-
-def load_failures(out_dir: Path, chash: str, done: set[str] | None = None) -> list[dict[str, Any]]:
-    """Failed images of this configuration (latest record per key), minus keys that have since succeeded."""
-    records: dict[str, dict[str, Any]] = {}
-    for log in sorted(out_dir.glob("failed-r*.jsonl")):
-        for line in log.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut by a kill
-            if rec.get("config_hash") == chash:
-                records[rec["key"]] = rec
-    done = done or set()
-    return [records[k] for k in sorted(records) if k not in done]
-
-
-def write_manifest(out_dir: Path, config: dict[str, Any], chash: str) -> dict[str, Any]:
-    """Rewrite ``manifest.json`` from the finished shards and the failure logs (atomically)."""
-    done = {k for p in S.list_shards(out_dir, chash) for k in S.cached_shard_keys(p)}
-    manifest = S.build_manifest(out_dir, config, chash, failed=load_failures(out_dir, chash, done))
-    manifest["version"] = rde.__version__
-    S.write_json_atomic(out_dir / S.MANIFEST, manifest)
-    return manifest
-
-
-class _DirLock:
-    """An exclusive ``flock`` on ``DIR/.generate.lock`` so two runs never write into one directory."""
-
-    def __init__(self, out_dir: Path) -> None:
-        self.path = out_dir / LOCK_NAME
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            raise ValueError(f"another `cartoonx generate` is writing to {out_dir} (lock {self.path})") from None
-
-    def release(self) -> None:
-        if self.fd >= 0:
-            self.path.unlink(missing_ok=True)
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = -1
-
-
-# -- data ------------------------------------------------------------------------------------------------
-class ImageListDataset(Dataset):
-    """Loads and preprocesses images; a bad file yields ``image=None`` and the error instead of raising."""
-
-    def __init__(self, items: Sequence[ImageItem], image_size: int) -> None:
-        self.items = list(items)
-        self.image_size = image_size
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = self.items[index]
-        try:
-            image, error = preprocess(load_image(item.path), self.image_size), None
-        except (ValueError, OSError) as e:
-            image, error = None, str(e)
-        return {"item": item, "image": image, "error": error}
-
-
-def collate_items(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    good = [b for b in batch if b["image"] is not None]
-    return {
-        "items": [b["item"] for b in good],
-        "images": torch.stack([b["image"] for b in good]) if good else None,
-        "failed": [_failure(b["item"], b["error"]) for b in batch if b["image"] is None],
-    }
-
-
-def _failure(item: ImageItem, error: str) -> dict[str, Any]:
-    return {"key": item.key, "source": item.source, "error": error}
-
-
-class GenerateDataModule(L.LightningDataModule):
-    """The images still to explain, split across ranks without overlap.
-
-    In ``setup`` rank 0 locks and checks the output directory and finds the finished keys; the pending
-    list is broadcast so that every rank splits the same list (``pending[rank::world_size]``).
-    """
-
-    def __init__(
-        self,
-        items: Sequence[ImageItem],
-        out_dir: Path,
-        config: dict[str, Any],
-        chash: str,
-        batch_size: int = 1,
-        num_workers: int = 0,
-    ) -> None:
-        super().__init__()
-        self.items = list(items)
-        self.out_dir = Path(out_dir)
-        self.config = config
-        self.chash = chash
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.skipped = 0
-        self.total_pending = 0
-        self.rank_items: list[ImageItem] = []
-        self._lock: _DirLock | None = None
-
-    def setup(self, stage: str) -> None:
-        trainer = self.trainer
-        state = None
-        if trainer.global_rank == 0:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            self._lock = _DirLock(self.out_dir)
-            done = prepare_output_dir(self.out_dir, self.config, self.chash)
-            pending = [i for i in self.items if i.key not in done]
-            state = (len(self.items) - len(pending), pending)
-        self.skipped, pending = trainer.strategy.broadcast(state, src=0)
-        self.total_pending = len(pending)
-        self.rank_items = pending[trainer.global_rank :: trainer.world_size]
-
-    def predict_dataloader(self) -> DataLoader:
-        dataset = ImageListDataset(self.rank_items, self.config["preset"]["image_size"])
-        return DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers, collate_fn=collate_items
-        )
-
-    def transfer_batch_to_device(self, batch: dict[str, Any], device: torch.device, dataloader_idx: int) -> dict[str, Any]:
-        images = batch["images"]  # the rest (ImageItem records, failures) stays on the host
-        return {**batch, "images": None if images is None else images.to(device)}
-
-    def teardown(self, stage: str) -> None:
-        self.release_lock()
-
-    def on_exception(self, exception: BaseException) -> None:
-        self.release_lock()
-
-    def release_lock(self) -> None:
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
-
-
 # -- the optimizer in predict_step ------------------------------------------------------------------------
 class TargetGenerator(L.LightningModule):
     """``predict_step`` runs the exact CartoonX optimizer on a batch and returns finished samples."""
@@ -287,6 +110,10 @@ class TargetGenerator(L.LightningModule):
         self.seed = seed
         self.config = config
         self.chash = chash
+        self.provenance: dict[str, Any] | None = None
+
+    def on_predict_start(self) -> None:
+        self.provenance = S.provenance(self.device, self.dtype, str(self.trainer.precision))
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         out = {"samples": [], "failed": list(batch["failed"])}
@@ -301,7 +128,7 @@ class TargetGenerator(L.LightningModule):
             ex = self.explainer.explain(images, target=None, init=INIT, seed=seeds)
         except Exception as e:  # one bad image must not cost the batch: retry one by one
             if len(items) == 1:
-                out["failed"].append(_failure(items[0], f"{type(e).__name__}: {e}"))
+                out["failed"].append(failure_record(items[0], f"{type(e).__name__}: {e}"))
                 return
             for j, item in enumerate(items):
                 self._explain([item], images[j : j + 1], out)
@@ -338,6 +165,7 @@ class TargetGenerator(L.LightningModule):
             "final": final,
             "curve_names": list(S.CURVE_NAMES),
             "version": rde.__version__,
+            "provenance": self.provenance,
         }
         mask = ex.mask[j].cpu().numpy()
         return S.make_sample(item.key, image, mask, curves, item.label, meta)
@@ -355,6 +183,7 @@ class ShardPredictionWriter(BasePredictionWriter):
         shard_size: int = 8,
         compress: bool = True,
         show_progress: bool = True,
+        stop: StopOnSignals | None = None,
     ) -> None:
         super().__init__(write_interval="batch")
         self.out_dir = Path(out_dir)
@@ -363,14 +192,17 @@ class ShardPredictionWriter(BasePredictionWriter):
         self.shard_size = shard_size
         self.compress = compress
         self.show_progress = show_progress
+        self.stop = stop or StopOnSignals()  # one not entered never raises: critical() is then a no-op
         self.summary = GenerateSummary(self.out_dir, chash)
         self._writer: S.AtomicShardWriter | None = None
         self._bar: tqdm | None = None
         self._start = 0.0
         self._rank = 0
+        self._module: L.LightningModule | None = None
 
     def on_predict_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._rank = trainer.global_rank
+        self._module = pl_module
         self.summary.rank, self.summary.world_size = trainer.global_rank, trainer.world_size
         dm = trainer.datamodule
         self.summary.skipped = dm.skipped
@@ -388,13 +220,12 @@ class ShardPredictionWriter(BasePredictionWriter):
         self._start = time.perf_counter()
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
-        for sample in prediction["samples"]:
-            self._writer.write(sample)
-        if prediction["failed"]:
-            with open(failure_log(self.out_dir, self._rank), "a") as f:
-                for rec in prediction["failed"]:
-                    f.write(json.dumps({**rec, "config_hash": self.chash}) + "\n")
-                    tqdm.write(f"skipped {rec['source']}: {rec['error']}", file=sys.stderr)
+        with self.stop.critical():  # a signal waits until the samples are written: no half sample
+            for sample in prediction["samples"]:
+                self._writer.write(sample)
+            S.append_failures(self.out_dir, self._rank, self.chash, prediction["failed"])
+        for rec in prediction["failed"]:
+            tqdm.write(f"skipped {rec['source']}: {rec['error']}", file=sys.stderr)
         self.summary.done += len(prediction["samples"])
         self.summary.failed += len(prediction["failed"])
         if self._bar is not None:
@@ -408,25 +239,34 @@ class ShardPredictionWriter(BasePredictionWriter):
 
     def _on_shard(self, path: Path, keys: list[str]) -> None:
         self.summary.shards.append(path)
-        write_manifest(self.out_dir, self.config, self.chash)
+        self._write_manifest()
 
-    def _close(self) -> None:
+    def _write_manifest(self) -> None:
+        S.write_manifest(self.out_dir, self.config, self.chash, getattr(self._module, "provenance", None))
+
+    def _close(self) -> bool:
+        """Finish the open shard; whether this rank had started writing."""
+        started = self._writer is not None
         if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+            writer, self._writer = self._writer, None
+            with self.stop.critical():
+                writer.close()
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        return started
 
     def on_predict_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # No collectives here: a rank with nothing to do skips the predict hooks entirely. Every rank
         # rewrites the manifest when done, so the last one to finish leaves a complete manifest.
         self._close()
         self.summary.seconds = time.perf_counter() - self._start
-        write_manifest(self.out_dir, self.config, self.chash)
+        self._write_manifest()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self._close()  # samples already written are complete: keep them in a finished shard
+        if self._close():  # samples already written are complete: keep them in a finished shard
+            self.summary.seconds = time.perf_counter() - self._start
+            self._write_manifest()  # the failures logged since the last shard, too
 
 
 # -- entry point -----------------------------------------------------------------------------------------
@@ -470,21 +310,27 @@ def generate_targets(
 
     Returns:
         A :class:`GenerateSummary` of this process's rank.
+
+    Raises:
+        Stopped: SIGTERM or SIGINT arrived; finished shards and the manifest are consistent, its
+            ``summary`` says what this run finished, and rerunning resumes.
+        OutputDirError: ``out_dir`` is a file or not writable (checked before any work).
     """
     cfg = load_preset(preset).replace(**preset_overrides)
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
+    out_dir = S.check_output_dir(out_dir)
     items = list_images(source, split=split, val_fraction=val_fraction)
     items.sort(key=lambda i: key_fraction(i.key, salt="order:"))  # a class-mixed order: partial runs stay useful
     if limit is not None:
         items = items[:limit]
-    out_dir = Path(out_dir)
     clf = create_classifier(classifier)
     config = target_config(clf.name, cfg, seed)
     chash = S.config_hash(config)
     module = TargetGenerator(clf, cfg, seed, config, chash)
-    data = GenerateDataModule(items, out_dir, config, chash, batch_size=batch_size, num_workers=num_workers)
-    writer = ShardPredictionWriter(out_dir, config, chash, shard_size, compress, show_progress)
+    data = GenerateDataModule(items, out_dir, config, batch_size=batch_size, num_workers=num_workers)
+    stop = StopOnSignals()
+    writer = ShardPredictionWriter(out_dir, config, chash, shard_size, compress, show_progress, stop)
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=devices,
@@ -500,7 +346,12 @@ def generate_targets(
         default_root_dir=out_dir,
     )
     try:
-        trainer.predict(module, datamodule=data, return_predictions=False)
+        with stop:
+            trainer.predict(module, datamodule=data, return_predictions=False)
+    except Stopped as e:
+        writer.summary.skipped = data.skipped
+        e.summary = writer.summary
+        raise
     finally:
         data.release_lock()  # also when setup refused the directory
     writer.summary.skipped = data.skipped  # also when nothing was left to do (the predict hooks are skipped)

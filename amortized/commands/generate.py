@@ -5,8 +5,10 @@ file listing image paths. Every image is optimized with the exact CartoonX optim
 class; each finished shard (masks-<config hash>-r<rank>-NNNNNN.tar.gz) appears atomically in OUT, with
 OUT/manifest.json summarizing config, shards, counts and failed images.
 
-Rerun the same command to resume: finished samples are skipped and partial shards of a killed run are
-discarded. A directory holding shards of a different configuration is refused.
+Rerun the same command to resume: finished samples are skipped, partial shards of a killed run are
+discarded and finished samples that fail their checks are recomputed. A directory holding shards of a
+different configuration is refused. SIGTERM (exit code 143) or Ctrl-C (130) stops a run within seconds
+and keeps every finished sample; rerun the command to resume.
 
 Several GPUs (each rank writes its own shard series; Lightning starts the processes):
   cartoonx generate DATA --out OUT --accelerator gpu --devices 8 --batch-size 32 --shard-size 1000 --num-workers 4
@@ -61,6 +63,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from amortized.signals import Stopped
+
+    try:
+        return _run(args)
+    except Stopped as e:  # SIGTERM or SIGINT: finished shards and the manifest are consistent
+        if e.summary is not None:
+            print(f"generate: {e.summary}", file=sys.stderr)
+        print(f"cartoonx generate: stopped by {e.name}; finished shards are kept in {args.out}, "
+              "rerun the same command to resume", file=sys.stderr)
+        return e.exit_code
+
+
+def _run(args: argparse.Namespace) -> int:
     import logging
     import os
 

@@ -1,9 +1,10 @@
 """Inspect a shard directory written by ``cartoonx generate``: counts, configuration, integrity, preview.
 
-Prints the configuration and sample counts, decodes every sample to check it (readable, complete,
-mask length equal to the layout's k, values in range, metadata consistent with the manifest), and
-renders a PNG grid of a few samples: the image, its target explanation clamp(IDWT(mask * DWT(grey)))
-and the mask per scale. Exit code 1 when a check fails.
+Prints the configuration and sample counts and decodes every sample to check it (readable, complete,
+mask length equal to the layout's k, values in range and finite, metadata consistent with the manifest),
+reporting every problem in every shard in one pass. With --preview PATH it also renders a PNG grid of a
+few sound samples: the image, its target explanation clamp(IDWT(mask * DWT(grey))) and the mask per
+scale. Exit code 1 when a check fails, 2 when DIR is not a shard directory.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from pathlib import Path
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("directory", type=Path, metavar="DIR", help="shard directory")
-    parser.add_argument("--preview", type=Path, help="preview PNG (default: ./<DIR name>-preview.png)")
-    parser.add_argument("--num-preview", type=int, default=4, help="samples in the preview, 0 for none (default: 4)")
+    parser.add_argument("--preview", type=Path, metavar="PNG", help="write a preview grid to this PNG (default: none)")
+    parser.add_argument("--num-preview", type=int, default=4, help="samples in the preview (default: 4)")
     parser.add_argument("--no-check", dest="check", action="store_false", help="skip decoding every sample")
     parser.add_argument("--val-fraction", type=float, default=1 / 8, help="hash split for the counts (default: 1/8)")
 
@@ -27,8 +28,6 @@ def run(args: argparse.Namespace) -> int:
 
     if args.check:
         index, problems = S.verify_shards(args.directory)
-        if index is None:
-            raise ValueError(problems[0])
     else:
         index, problems = S.open_shard_dir(args.directory), []
     _print_summary(index, args.val_fraction)
@@ -37,14 +36,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"PROBLEM {p}", file=sys.stderr)
         print(f"check: {'OK' if not problems else f'{len(problems)} problem(s)'} "
               f"({index.num_samples} samples in {len(index.shards)} shards decoded)")
-    if args.num_preview > 0 and index.num_samples:
-        path = args.preview or Path(f"{args.directory.resolve().name}-preview.png")
-        render_preview(index, path, args.num_preview)
-        print(f"preview: {path}")
+    if args.preview is not None and args.num_preview > 0:
+        shown = render_preview(index, args.preview, args.num_preview)
+        print(f"preview: {args.preview} ({shown} samples)" if shown else "preview: no sound sample to show")
     return 1 if problems else 0
 
 
 def _print_summary(index, val_fraction: float) -> None:
+    from amortized import shards as S
+
     cfg, man = index.config, index.manifest
     preset = cfg["preset"]
     print(f"{index.directory}: {index.num_samples} samples in {len(index.shards)} shards, config {index.config_hash}")
@@ -52,16 +52,17 @@ def _print_summary(index, val_fraction: float) -> None:
     print("  preset " + ", ".join(f"{k}={v}" for k, v in preset.items()))
     ranks = Counter()
     for path, keys in index.shards:
-        ranks[path.name.split("-r")[1].split("-")[0]] += len(keys)
-    print("  per rank: " + ", ".join(f"r{r}: {n}" for r, n in sorted(ranks.items(), key=lambda x: int(x[0]))))
+        ranks[S.parse_shard_name(path).rank] += len(keys)
+    print("  per rank: " + ", ".join(f"r{r}: {n}" for r, n in sorted(ranks.items())))
     train, val = sum(index.counts("train", val_fraction)), sum(index.counts("val", val_fraction))
     print(f"  split (val fraction {val_fraction:g}): train {train}, val {val}")
     failed = man.get("failed", [])
     print(f"  failed images: {len(failed)}" + "".join(f"\n    {f['source']}: {f['error']}" for f in failed[:5]))
 
 
-def render_preview(index, path: Path, num: int) -> Path:
-    """A grid, one row per sample: image, target explanation, the mask per scale."""
+def render_preview(index, path: Path, num: int) -> int:
+    """A grid, one row per sample (the first ``num`` that pass their checks): image, target explanation,
+    the mask per scale. Returns the number of samples shown (no file when there is none)."""
     import numpy as np
     import torch
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -72,14 +73,19 @@ def render_preview(index, path: Path, num: int) -> Path:
 
     layout = index.layout()
     rep = create_representation("wavelet", layout.height, layout.width, layout.wavelet)
+    spec = S.SampleSpec.from_config(index.config, index.config_hash)
     samples = []
     for shard, _ in index.shards:
-        for s in S.read_samples(shard):
-            samples.append(s)
+        for key, raw in S.raw_samples(shard):
+            s, problems = S.check_sample(key, raw, spec)
+            if not problems:
+                samples.append(s)
             if len(samples) == num:
                 break
         if len(samples) == num:
             break
+    if not samples:
+        return 0
     cols = 2 + len(layout.scales)
     fig = Figure(figsize=(2.0 * cols + 0.6, 2.3 * len(samples)), layout="constrained")
     FigureCanvasAgg(fig)
@@ -100,7 +106,7 @@ def render_preview(index, path: Path, num: int) -> Path:
         _plot_levels(layout.split(mask[0]), [sc.name for sc in layout.scales], row[2:])
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=90)
-    return path
+    return len(samples)
 
 
 def _plot_levels(parts, names, axes) -> None:

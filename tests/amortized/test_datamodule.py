@@ -1,15 +1,27 @@
-"""The training DataModule over shards (amortized/datamodule.py)."""
+"""The training DataModule over shards, its split planner and its checked reading pipeline (amortized/datamodule.py)."""
 
 from __future__ import annotations
 
+import logging
+
 import lightning as L
+import numpy as np
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from amortized import shards as S
-from amortized.datamodule import MaskShardDataModule
+from amortized.datamodule import MaskShardDataModule, mask_pipeline, plan_split
 from amortized.datasets import split_of
-from tests.amortized.test_shards import K, keys_of, write_fake_shards
+from tests.amortized.conftest import (
+    K,
+    corrupt_png,
+    fake_config,
+    fake_sample,
+    flip_mask_value,
+    keys_of,
+    write_fake_shards,
+)
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +99,110 @@ def test_fit_reshuffles_each_epoch_without_repeats(shard_dir, num_workers):
     first, second = model.seen
     assert sorted(first) == sorted(second) == keys_of(40)
     assert first != second  # a new order every epoch
+
+
+def test_old_shards_without_provenance_load(shared_dir):
+    """Targets written before samples recorded their provenance still train (first val batch)."""
+    directory = shared_dir / "targets" / "efficientnet_lite0-cpu"
+    if not directory.is_dir():
+        pytest.skip(f"{directory} is absent")
+    dm = MaskShardDataModule(str(directory), preset="cpu", classifier="efficientnet_lite0", batch_size=4)
+    dm.setup("fit")
+    batch = next(iter(dm.val_dataloader()))
+    assert batch["mask"].shape == (4, dm.index.layout().num_entries) and torch.isfinite(batch["final_loss"]).all()
+
+
+def test_pipeline_yields_decoded_batches(tmp_path):
+    keys = keys_of(10)
+    write_fake_shards(tmp_path, keys, 4)
+    index = S.open_shard_dir(tmp_path)
+    batches = list(DataLoader(mask_pipeline(index, "all", batch_size=4, shuffle=False), batch_size=None))
+    assert [len(b["key"]) for b in batches] == [4, 4, 2]
+    b = batches[0]
+    assert b["image"].shape == (4, 3, 64, 64) and b["image"].dtype == torch.float32
+    assert b["mask"].shape == (4, K) and b["mask"].dtype == torch.float32
+    assert b["target"].dtype == torch.long and b["label"].shape == (4,)
+    ref = fake_sample(b["key"][1])
+    assert torch.equal(b["image"][1], torch.from_numpy(ref["png"]).permute(2, 0, 1).float() / 255)
+    assert torch.equal(b["mask"][1], torch.from_numpy(ref["mask.npy"].astype(np.float32)))
+    assert int(b["target"][1]) == ref["meta.json"]["target"] and int(b["label"][1]) == ref["cls"]
+
+
+def test_pipeline_names_and_skips_bad_samples(tmp_path, caplog):
+    """A flipped mask byte (-4.x), a corrupt PNG and a short mask are never trained on; each is named."""
+    out = tmp_path / "d"
+    chash = write_fake_shards(out, keys_of(8), 4, compress=False)
+    with S.AtomicShardWriter(S.shard_pattern(out, chash, 1, compress=False), 4) as w:
+        w.write(fake_sample("short", k=K - 1))
+    S.write_manifest(out, fake_config(), chash)
+    first, second, short = S.list_shards(out)
+    flip_mask_value(first, keys_of(8)[1], index=7)
+    corrupt_png(second, keys_of(8)[6])
+    index = S.open_shard_dir(out)  # the tar files are intact: only reading the samples finds the damage
+    with caplog.at_level(logging.WARNING, logger="amortized.datamodule"):
+        batches = list(mask_pipeline(index, "all", batch_size=2, shuffle=False))
+    keys = [k for b in batches for k in b["key"]]
+    assert keys == [k for k in keys_of(8) if k not in (keys_of(8)[1], keys_of(8)[6])]
+    assert all(0 <= float(b["mask"].min()) and float(b["mask"].max()) <= 1 for b in batches)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3
+    assert any(str(first) in m and keys_of(8)[1] in m and "outside [0, 1]" in m for m in lines)
+    assert any(str(second) in m and keys_of(8)[6] in m and "png" in m for m in lines)
+    assert any(str(short) in m and "short" in m and f"expected float16 ({K},)" in m for m in lines)
+
+
+@pytest.mark.parametrize(
+    "counts,world,workers,mode",
+    [([5, 5, 5, 5], 2, 2, "shards"), ([10], 2, 2, "samples"), ([1, 9, 1], 3, 0, "samples"), ([6, 6, 6], 3, 0, "shards")],
+)
+def test_plan_split_modes(counts, world, workers, mode):
+    plans = [plan_split(counts, 2, r, world, workers) for r in range(world)]
+    assert {p.mode for p in plans} == {mode}
+    assert len({p.num_batches for p in plans}) == 1  # ranks stay in step
+    assert sum(p.num_batches for p in plans) * 2 <= sum(counts)
+
+
+def test_plan_split_refuses_shard_mode_without_enough_shards():
+    with pytest.raises(ValueError, match="without duplication"):
+        plan_split([3, 3], 1, 0, 2, 2, mode="shards")
+
+
+@pytest.mark.parametrize("num_shards,world,workers", [(6, 2, 2), (1, 2, 2), (3, 3, 0), (5, 2, 0)])
+def test_ranks_and_workers_never_share_samples(tmp_path, monkeypatch, num_shards, world, workers):
+    keys = keys_of(24)
+    write_fake_shards(tmp_path, keys, -(-24 // num_shards))
+    index = S.open_shard_dir(tmp_path)
+    counts = index.counts("all")
+    seen_train, seen_all, lengths = [], [], []
+    for rank in range(world):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", str(world))
+        plan = plan_split(counts, 3, rank, world, workers, equalize=True)
+        pipe = mask_pipeline(index, "all", batch_size=3, seed=1, plan=plan)
+        batches = list(DataLoader(pipe, batch_size=None, num_workers=workers))
+        assert len(batches) == plan.num_batches == len(pipe)
+        assert all(len(b["key"]) == 3 for b in batches)
+        lengths.append(len(batches))
+        seen_train += [k for b in batches for k in b["key"]]
+        full = plan_split(counts, 3, rank, world, workers, equalize=False)
+        seen_all += [k for b in DataLoader(mask_pipeline(index, "all", batch_size=3, plan=full, shuffle=False),
+                                           batch_size=None, num_workers=workers) for k in b["key"]]
+    assert len(set(lengths)) == 1
+    assert len(seen_train) == len(set(seen_train))  # dropped at most, never duplicated
+    assert len(seen_train) >= 24 - world * max(1, workers) * 3 - 3 * world
+    assert sorted(seen_all) == keys  # without equalizing, every sample exactly once
+
+
+def test_shuffle_is_seeded_and_changes_per_epoch(tmp_path):
+    write_fake_shards(tmp_path, keys_of(16), 4)
+    index = S.open_shard_dir(tmp_path)
+
+    def epochs(seed):
+        pipe = mask_pipeline(index, "all", batch_size=16, seed=seed, shuffle_buffer=16)
+        return [list(b["key"]) for b in pipe], [list(b["key"]) for b in pipe]
+
+    a1, a2 = epochs(0)
+    b1, b2 = epochs(0)
+    assert (a1, a2) == (b1, b2)
+    assert a1 != a2 and sorted(a1[0]) == sorted(a2[0]) == keys_of(16)
+    assert epochs(5)[0] != a1

@@ -1,7 +1,9 @@
-"""Target generation: shards, resume, refusals, bad images, kill -9 (amortized/generate.py, `cartoonx generate`)."""
+"""Target generation: shards, resume, refusals, bad images and samples, kill -9, SIGTERM/SIGINT, provenance
+(amortized/generate.py, `cartoonx generate`)."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import signal
@@ -18,13 +20,17 @@ from PIL import Image
 from amortized import shards as S
 from amortized.cli import main as cli_main
 from amortized.datasets import key_seed, list_images
-from amortized.generate import _DirLock, generate_targets
+from amortized.generate import generate_targets
+from amortized.generate_data import _DirLock
+from tests.amortized.conftest import corrupt_png, flip_mask_value
 from rde import CartoonX, create_classifier, load_image, preprocess
 
 REPO = Path(__file__).resolve().parents[2]
 WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361", "n01494475", "n01496331", "n01498041",
          "n01514668", "n01514859", "n01518878", "n01530575", "n01531178"]
 TINY = dict(classifier="tiny-test", preset="tiny", show_progress=False)
+PROVENANCE = {"device": "cpu", "dtype": "float32", "precision": "32-true", "torch": torch.__version__,
+              "package": importlib.metadata.version("fastcartoonx")}
 
 
 def make_images(root: Path, n: int) -> Path:
@@ -43,6 +49,22 @@ def all_keys(out: Path) -> list[str]:
 
 def samples_by_key(out: Path) -> dict[str, dict]:
     return {s["key"]: s for p in S.list_shards(out) for s in S.read_samples(p)}
+
+
+def start_generate(src: Path, out: Path, shard_size: int) -> subprocess.Popen:
+    """``cartoonx generate`` in a subprocess, slow enough (40 steps per image) to be interrupted mid-run."""
+    cmd = [sys.executable, "-m", "amortized.cli", "generate", str(src), "--out", str(out), "--model", "tiny-test",
+           "--preset", "tiny", "--steps", "40", "--batch-size", "1", "--shard-size", str(shard_size), "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def wait_until(proc: subprocess.Popen, ready, limit: float = 120) -> None:
+    """Poll ``ready()`` while ``proc`` runs; fail if it ends first (``limit`` only guards against a hang)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline and proc.poll() is None and not ready():
+        time.sleep(0.05)
+    assert proc.poll() is None, f"generation ended before it could be interrupted: {proc.stderr.read().decode()[-2000:]}"
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +91,7 @@ def test_every_image_once_in_complete_shards(images, generated):
     assert manifest["config"]["classifier"] == "tiny-test" and manifest["config"]["preset"]["steps"] == 10
     assert all(p.name.startswith(f"masks-{manifest['config_hash']}-r0-") for p in S.list_shards(out))
     assert S.verify_shards(out)[1] == []
+    assert manifest["provenance"] == [PROVENANCE] and manifest["version"] == S.package_version()
 
 
 def test_sample_contents(images, generated):
@@ -84,6 +107,7 @@ def test_sample_contents(images, generated):
         assert meta["layout"] == "wavelet:db3:J5:zero:64x64" and meta["version"]
         assert meta["final"]["loss"] == pytest.approx(float(s["curves"][0, -1]))
         assert meta["predicted"] == meta["target"] and 0 < meta["predicted_prob"] <= 1
+        assert meta["provenance"] == PROVENANCE
         expected = (preprocess(load_image(items[key].path), 64) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
         assert np.array_equal(s["image"], expected)  # lossless
 
@@ -171,17 +195,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 def test_kill_9_loses_only_the_open_shard(tmp_path):
     src = make_images(tmp_path / "img", 6)
     out = tmp_path / "shards"
-    cmd = [sys.executable, "-m", "amortized.cli", "generate", str(src), "--out", str(out), "--model", "tiny-test",
-           "--preset", "tiny", "--steps", "40", "--batch-size", "1", "--shard-size", "2", "--no-progress"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
+    proc = start_generate(src, out, shard_size=2)
     try:
-        while time.monotonic() < deadline and proc.poll() is None:
-            if out.is_dir() and S.list_shards(out) and list(out.glob("*.tmp")):
-                break
-            time.sleep(0.05)
-        assert proc.poll() is None, f"generation ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+        wait_until(proc, lambda: out.is_dir() and S.list_shards(out) and list(out.glob("*.tmp")))
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.kill()
@@ -195,6 +211,87 @@ def test_kill_9_loses_only_the_open_shard(tmp_path):
     assert sorted(keys) == sorted(i.key for i in list_images(src)) and len(keys) == len(set(keys)) == 6
     assert {p.name: S.shard_keys(p) for p in S.list_shards(out) if p.name in finished} == finished
     assert not list(out.glob("*.tmp"))
+
+
+def test_resume_recomputes_bad_samples(images, tmp_path):
+    """A flipped mask byte and a corrupt PNG in finished (uncompressed) shards are dropped and recomputed."""
+    out = tmp_path / "shards"
+    generate_targets(images, out, shard_size=2, limit=4, compress=False, **TINY)
+    before = samples_by_key(out)
+    first, second = S.list_shards(out)
+    bad = [S.shard_keys(first)[0], S.shard_keys(second)[1]]
+    flip_mask_value(first, bad[0], index=3)
+    corrupt_png(second, bad[1])
+    assert len(S.verify_shards(out)[1]) == 2
+    again = generate_targets(images, out, shard_size=2, limit=4, compress=False, **TINY)
+    assert (again.done, again.skipped) == (2, 2)
+    assert S.verify_shards(out)[1] == []
+    after = samples_by_key(out)
+    assert sorted(after) == sorted(before)
+    for key in bad:  # recomputed: the same seed on the same device gives the same mask
+        assert np.array_equal(after[key]["mask"], before[key]["mask"])
+        assert np.array_equal(after[key]["image"], before[key]["image"])
+
+
+def test_out_that_is_a_file_is_refused_before_any_work(images, tmp_path, capsys, monkeypatch):
+    import amortized.generate as G
+
+    monkeypatch.setattr(G, "create_classifier", lambda *a: pytest.fail("work started before the check"))
+    monkeypatch.setattr(G, "list_images", lambda *a, **k: pytest.fail("work started before the check"))
+    (tmp_path / "file").write_text("not a directory")
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):
+        assert cli_main(["generate", str(images), "--out", str(out), "--model", "tiny-test"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith(f"cartoonx generate: error: {out}")
+    assert (tmp_path / "file").read_text() == "not a directory"
+
+
+def test_a_signal_waits_for_the_end_of_a_critical_block():
+    from amortized.signals import StopOnSignals, Stopped
+
+    before = signal.getsignal(signal.SIGTERM)
+    written = []
+    with pytest.raises(Stopped) as info, StopOnSignals() as stop:
+        with stop.critical():
+            os.kill(os.getpid(), signal.SIGTERM)
+            written.append("sample")  # not cut: the signal waits
+        written.append("never")
+    assert written == ["sample"] and info.value.exit_code == 143 and info.value.name == "SIGTERM"
+    with StopOnSignals() as stop:  # after the first, signals are only noted: clean-up is not cut short
+        with pytest.raises(Stopped):
+            os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stop.received == signal.SIGINT
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+@pytest.mark.parametrize("sig,code,name", [(signal.SIGTERM, 143, "SIGTERM"), (signal.SIGINT, 130, "SIGINT")])
+def test_signal_stops_cleanly_and_rerun_resumes(tmp_path, sig, code, name):
+    """SIGTERM/SIGINT mid-shard: exit 128+signal with a resume hint, the open shard finished (no .tmp),
+    a manifest that lists exactly the shards on disk, and a rerun that completes the set."""
+    src = make_images(tmp_path / "img", 6)
+    out = tmp_path / "shards"
+    proc = start_generate(src, out, shard_size=4)
+    try:
+        wait_until(proc, lambda: list(out.glob("*.tmp")))  # a shard is open
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)  # a guard against a hang, not a timing assertion
+    finally:
+        proc.kill()
+        proc.wait()
+    err = err.decode()
+    assert proc.returncode == code, err[-2000:]
+    assert f"stopped by {name}" in err and "rerun the same command to resume" in err and "Traceback" not in err
+    assert not list(out.glob("*.tmp")) and not (out / ".generate.lock").exists()
+    finished = {p.name: S.shard_keys(p) for p in S.list_shards(out)}
+    assert finished and sum(map(len, finished.values())) < 6  # kept the open shard's samples, stopped early
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {s["name"]: s["count"] for s in manifest["shards"]} == {n: len(k) for n, k in finished.items()}
+    assert S.verify_shards(out)[1] == []
+    resumed = generate_targets(src, out, steps=40, batch_size=1, shard_size=4, **TINY)
+    assert resumed.skipped == sum(map(len, finished.values())) and resumed.done == 6 - resumed.skipped
+    keys = all_keys(out)
+    assert sorted(keys) == sorted(i.key for i in list_images(src)) and len(keys) == len(set(keys)) == 6
 
 
 @pytest.mark.slow

@@ -1,65 +1,27 @@
-"""The shard format: atomic writer, integrity checks, manifest, and the reading pipeline (amortized/shards.py)."""
+"""The shard format: atomic writer, integrity and sample checks, manifest, opening for writing (amortized/shards/)."""
 
 from __future__ import annotations
 
 import gzip
 import io
+import json
+import logging
 import tarfile
-import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from torch.utils.data import DataLoader
 
 from amortized import shards as S
 from amortized.datasets import split_of
-from rde import MaskLayout, load_preset
-
-TINY = load_preset("tiny")
-K = MaskLayout.for_wavelet(TINY.image_size, TINY.image_size, TINY.wavelet).num_entries
-
-
-def fake_config(preset=TINY) -> dict:
-    layout = MaskLayout.for_wavelet(preset.image_size, preset.image_size, preset.wavelet)
-    params = preset.to_dict()
-    params.pop("name")
-    return {"format_version": S.FORMAT_VERSION, "method": "cartoonx", "classifier": "tiny-test", "preset": params,
-            "init": "ones", "target": "predicted", "seed": 0, "layout": layout.signature,
-            "num_entries": layout.num_entries}  # the keys of amortized.generate.target_config
-
-
-def fake_sample(key: str, k: int = K, size: int = 64, steps: int = 5) -> dict:
-    """A sample with deterministic random content derived from the key, metadata as generation writes it."""
-    rng = np.random.default_rng(zlib.crc32(key.encode()))  # stable across runs (hash() is salted)
-    image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    mask = rng.random(k).astype(np.float16)
-    curves = rng.random((3, steps)).astype(np.float32)
-    label = int(rng.integers(0, 1000))
-    config = fake_config()
-    meta = {
-        "key": key, "label": label, "target": int(rng.integers(0, 1000)), "target_name": "thing", "target_prob": 0.5,
-        "steps": steps, "final": {"loss": float(curves[0, -1])}, "config_hash": S.config_hash(config),
-        "layout": config["layout"],
-    }
-    return S.make_sample(key, image, mask, curves, label, meta)
-
-
-def write_fake_shards(out: Path, keys: list[str], shard_size: int, compress: bool = True, rank: int = 0) -> str:
-    """A shard directory as ``cartoonx generate`` leaves it, filled with :func:`fake_sample` samples."""
-    out.mkdir(parents=True, exist_ok=True)
-    config = fake_config()
-    chash = S.config_hash(config)
-    with S.AtomicShardWriter(S.shard_pattern(out, chash, rank, compress), shard_size) as w:
-        for key in keys:
-            w.write(fake_sample(key))
-    S.write_json_atomic(out / S.MANIFEST, S.build_manifest(out, config, chash))
-    return chash
-
-
-def keys_of(n: int, prefix: str = "n01440764_img") -> list[str]:
-    return [f"{prefix}{i:03d}" for i in range(n)]
+from tests.amortized.conftest import (
+    K,
+    corrupt_png,
+    fake_config,
+    fake_sample,
+    flip_mask_value,
+    keys_of,
+    write_fake_shards,
+)
 
 
 @pytest.mark.parametrize("compress", [False, True])
@@ -196,116 +158,126 @@ def test_open_needs_a_manifest(tmp_path):
         S.open_shard_dir(tmp_path)
 
 
-def test_pipeline_yields_decoded_batches(tmp_path):
-    keys = keys_of(10)
-    write_fake_shards(tmp_path, keys, 4)
-    index = S.open_shard_dir(tmp_path)
-    batches = list(DataLoader(S.mask_pipeline(index, "all", batch_size=4, shuffle=False), batch_size=None))
-    assert [len(b["key"]) for b in batches] == [4, 4, 2]
-    b = batches[0]
-    assert b["image"].shape == (4, 3, 64, 64) and b["image"].dtype == torch.float32
-    assert b["mask"].shape == (4, K) and b["mask"].dtype == torch.float32
-    assert b["target"].dtype == torch.long and b["label"].shape == (4,)
-    ref = fake_sample(b["key"][1])
-    assert torch.equal(b["image"][1], torch.from_numpy(ref["png"]).permute(2, 0, 1).float() / 255)
-    assert torch.equal(b["mask"][1], torch.from_numpy(ref["mask.npy"].astype(np.float32)))
-    assert int(b["target"][1]) == ref["meta.json"]["target"] and int(b["label"][1]) == ref["cls"]
-
-
-def test_pipeline_checks_mask_length(tmp_path):
-    out = tmp_path / "d"
-    out.mkdir()
-    config = fake_config()
-    chash = S.config_hash(config)
-    with S.AtomicShardWriter(S.shard_pattern(out, chash, 0), 4) as w:
-        w.write(fake_sample("a", k=K - 1))
-    S.write_json_atomic(out / S.MANIFEST, S.build_manifest(out, config, chash))
-    with pytest.raises(Exception, match=f"k={K}"):
-        list(S.mask_pipeline(S.open_shard_dir(out), "all", batch_size=1, shuffle=False))
-
-
-@pytest.mark.parametrize(
-    "counts,world,workers,mode",
-    [([5, 5, 5, 5], 2, 2, "shards"), ([10], 2, 2, "samples"), ([1, 9, 1], 3, 0, "samples"), ([6, 6, 6], 3, 0, "shards")],
-)
-def test_plan_split_modes(counts, world, workers, mode):
-    plans = [S.plan_split(counts, 2, r, world, workers) for r in range(world)]
-    assert {p.mode for p in plans} == {mode}
-    assert len({p.num_batches for p in plans}) == 1  # ranks stay in step
-    assert sum(p.num_batches for p in plans) * 2 <= sum(counts)
-
-
-def test_plan_split_refuses_shard_mode_without_enough_shards():
-    with pytest.raises(ValueError, match="without duplication"):
-        S.plan_split([3, 3], 1, 0, 2, 2, mode="shards")
-
-
-@pytest.mark.parametrize("num_shards,world,workers", [(6, 2, 2), (1, 2, 2), (3, 3, 0), (5, 2, 0)])
-def test_ranks_and_workers_never_share_samples(tmp_path, monkeypatch, num_shards, world, workers):
-    keys = keys_of(24)
-    write_fake_shards(tmp_path, keys, -(-24 // num_shards))
-    index = S.open_shard_dir(tmp_path)
-    counts = index.counts("all")
-    seen_train, seen_all, lengths = [], [], []
-    for rank in range(world):
-        monkeypatch.setenv("RANK", str(rank))
-        monkeypatch.setenv("WORLD_SIZE", str(world))
-        plan = S.plan_split(counts, 3, rank, world, workers, equalize=True)
-        pipe = S.mask_pipeline(index, "all", batch_size=3, seed=1, plan=plan)
-        batches = list(DataLoader(pipe, batch_size=None, num_workers=workers))
-        assert len(batches) == plan.num_batches == len(pipe)
-        assert all(len(b["key"]) == 3 for b in batches)
-        lengths.append(len(batches))
-        seen_train += [k for b in batches for k in b["key"]]
-        full = S.plan_split(counts, 3, rank, world, workers, equalize=False)
-        seen_all += [k for b in DataLoader(S.mask_pipeline(index, "all", batch_size=3, plan=full, shuffle=False),
-                                           batch_size=None, num_workers=workers) for k in b["key"]]
-    assert len(set(lengths)) == 1
-    assert len(seen_train) == len(set(seen_train))  # dropped at most, never duplicated
-    assert len(seen_train) >= 24 - world * max(1, workers) * 3 - 3 * world
-    assert sorted(seen_all) == keys  # without equalizing, every sample exactly once
-
-
-def test_shuffle_is_seeded_and_changes_per_epoch(tmp_path):
-    write_fake_shards(tmp_path, keys_of(16), 4)
-    index = S.open_shard_dir(tmp_path)
-
-    def epochs(seed):
-        pipe = S.mask_pipeline(index, "all", batch_size=16, seed=seed, shuffle_buffer=16)
-        return [list(b["key"]) for b in pipe], [list(b["key"]) for b in pipe]
-
-    a1, a2 = epochs(0)
-    b1, b2 = epochs(0)
-    assert (a1, a2) == (b1, b2)
-    assert a1 != a2 and sorted(a1[0]) == sorted(a2[0]) == keys_of(16)
-    assert epochs(5)[0] != a1
-
-
-def test_verify_and_cli_on_a_good_directory(tmp_path, capsys):
+def test_verify_and_cli_on_a_good_directory(tmp_path, capsys, monkeypatch):
     from amortized.cli import main
 
     write_fake_shards(tmp_path / "d", keys_of(6), 4)
     index, problems = S.verify_shards(tmp_path / "d")
     assert problems == [] and index.num_samples == 6
+    monkeypatch.chdir(tmp_path)
+    assert main(["shards", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert "6 samples in 2 shards" in out and "check: OK" in out and "r0: 6" in out and "preview" not in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"]  # no preview in the current folder unasked
     preview = tmp_path / "p.png"
     assert main(["shards", str(tmp_path / "d"), "--preview", str(preview), "--num-preview", "2"]) == 0
-    out = capsys.readouterr().out
-    assert "6 samples in 2 shards" in out and "check: OK" in out and "r0: 6" in out
     assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_verify_reports_bad_samples_and_shards(tmp_path, capsys):
+def _bad_directory(out):
+    """Four shards of two samples, uncompressed: shard 0 truncated, shard 1 with a mask byte flipped
+    (-4.x), shard 2 with a corrupt PNG, shard 3 sound; plus a rank-1 shard with a short mask."""
+    chash = write_fake_shards(out, keys_of(8), 2, compress=False)
+    with S.AtomicShardWriter(S.shard_pattern(out, chash, 1, compress=False), 2) as w:
+        w.write(fake_sample("short", k=K - 3))  # wrong mask length
+    S.write_manifest(out, fake_config(), chash)
+    s0, s1, s2, s3, _ = S.list_shards(out)
+    s0.write_bytes(s0.read_bytes()[:3000])
+    flip_mask_value(s1, keys_of(8)[2])
+    corrupt_png(s2, keys_of(8)[5])
+    return s0, s1, s2, s3
+
+
+def test_verify_reports_every_bad_sample_and_shard_in_one_pass(tmp_path):
+    s0, s1, s2, _ = _bad_directory(tmp_path / "d")
+    index, problems = S.verify_shards(tmp_path / "d")
+    assert [p.name for p, _ in index.shards] == [s.name for s in S.list_shards(tmp_path / "d")][1:]
+    assert any(s0.name in p and "truncated" in p for p in problems)
+    assert f"{s1.name}: n01440764_img002: mask values outside [0, 1] or not finite (e.g. -4." in "\n".join(problems)
+    assert any(p.startswith(f"{s2.name}: n01440764_img005: cannot be decoded: png") for p in problems)
+    assert any(f"short: mask float16 ({K - 3},), expected float16 ({K},)" in p for p in problems)
+    assert len(problems) == 4
+
+
+def test_cli_reports_every_bad_shard_exits_1_and_previews_sound_samples(tmp_path, capsys):
     from amortized.cli import main
 
+    s0, s1, s2, _ = _bad_directory(tmp_path / "d")
+    preview = tmp_path / "p.png"
+    assert main(["shards", str(tmp_path / "d"), "--preview", str(preview), "--num-preview", "8"]) == 1
+    captured = capsys.readouterr()
+    assert all(s.name in captured.err for s in (s0, s1, s2)) and "4 problem(s)" in captured.out
+    assert "preview: " in captured.out and "(4 samples)" in captured.out  # 1 + 1 + 2 sound; the bad ones left out
+    assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    "change,reason",
+    [
+        (lambda s: s["mask.npy"].__setitem__(3, np.nan), "mask values outside [0, 1] or not finite (e.g. nan)"),
+        (lambda s: s["mask.npy"].__setitem__(3, 1.5), "mask values outside [0, 1] or not finite (e.g. 1.5)"),
+        (lambda s: s["meta.json"].__setitem__("target", 1000), "target 1000 is not a class index in [0, 1000)"),
+        (lambda s: s["meta.json"]["final"].__setitem__("loss", None), "final loss None is not a finite number"),
+        (lambda s: s.__setitem__("png", np.zeros((32, 32, 3), np.uint8)), "image uint8 (32, 32, 3), expected"),
+        (lambda s: s.__setitem__("cls", 7), "cls 7 is not in [-1, 1000) or != meta label"),
+    ],
+)
+def test_sample_checks(tmp_path, change, reason):
+    good = fake_sample("a")
+    bad = fake_sample("a")
+    change(bad)
+    spec = S.SampleSpec.from_config(fake_config(), S.config_hash(fake_config()))
+    for sample, expected in ((good, []), (bad, [reason])):
+        with S.AtomicShardWriter(S.shard_pattern(tmp_path, "abc", 0, False), 1) as w:
+            w.write(sample)
+        (path,) = S.list_shards(tmp_path)
+        ((key, raw),) = S.raw_samples(path)
+        _, problems = S.check_sample(key, raw, spec)
+        assert [p[: len(r)] for p, r in zip(problems, expected)] == expected and len(problems) == len(expected)
+        path.unlink()
+
+
+def test_open_for_writing_drops_bad_samples_and_returns_finished_keys(tmp_path, caplog):
     out = tmp_path / "d"
-    chash = write_fake_shards(out, keys_of(4), 2)
-    with S.AtomicShardWriter(S.shard_pattern(out, chash, 1), 2) as w:
-        w.write(fake_sample("short", k=K - 3))  # wrong mask length
-    (first, *_) = S.list_shards(out)
-    S.write_json_atomic(out / S.MANIFEST, S.build_manifest(out, fake_config(), chash))
-    _, problems = S.verify_shards(out)
-    assert any(f"short: mask float16 ({K - 3},), expected float16 ({K},)" in p for p in problems)
-    first.write_bytes(first.read_bytes()[:3000])
-    S._KEY_CACHE.clear()
-    assert main(["shards", str(out), "--num-preview", "0"]) == 2  # the directory cannot even be indexed
-    assert first.name in capsys.readouterr().err
+    write_fake_shards(out, keys_of(6), 3, compress=False)
+    first, second = S.list_shards(out)
+    flip_mask_value(first, keys_of(6)[1])
+    corrupt_png(second, keys_of(6)[3])
+    (out / "masks-abc-r0-000000.tar.tmp").write_bytes(b"partial")
+    with caplog.at_level(logging.WARNING, logger="amortized.shards"):
+        done = S.open_for_writing(out, fake_config())
+    assert done == set(keys_of(6)) - {keys_of(6)[1], keys_of(6)[3]}
+    lines = [r.getMessage() for r in caplog.records]
+    assert any(str(first) in m and keys_of(6)[1] in m and "outside [0, 1]" in m for m in lines)
+    assert any(str(second) in m and keys_of(6)[3] in m and "png" in m for m in lines)
+    assert not list(out.glob("*.tmp"))
+    assert [len(S.shard_keys(p)) for p in S.list_shards(out)] == [2, 2]  # rewritten without the bad samples
+    assert S.verify_shards(out)[1] == []
+    manifest = json.loads((out / S.MANIFEST).read_text())
+    assert manifest["num_samples"] == 4 and manifest["version"] == S.package_version()
+    assert S.open_for_writing(out, fake_config()) == done  # idempotent
+
+
+def test_open_for_writing_refuses_other_configs_and_files(tmp_path):
+    write_fake_shards(tmp_path / "d", keys_of(2), 2)
+    other = {**fake_config(), "seed": 1}
+    with pytest.raises(S.ConfigMismatchError, match="seed: 0 -> 1"):
+        S.open_for_writing(tmp_path / "d", other)
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):
+        with pytest.raises(S.OutputDirError, match="file"):
+            S.open_for_writing(out, fake_config())
+    assert S.open_for_writing(tmp_path / "new" / "dir", fake_config()) == set()
+
+
+def test_old_shards_without_provenance_still_pass(shared_dir):
+    """The targets generated before provenance was recorded (``../shared/targets``) pass every check."""
+    directory = shared_dir / "targets" / "efficientnet_lite0-cpu"
+    if not directory.is_dir():
+        pytest.skip(f"{directory} is absent")
+    index = S.open_shard_dir(directory)
+    spec = S.SampleSpec.from_config(index.config, index.config_hash)
+    path, keys = index.shards[0]
+    checked = list(S.checked_samples(path, spec))
+    assert [k for k, _, _ in checked] == list(keys) and all(p == [] for _, _, p in checked)
+    assert "provenance" not in json.loads(checked[0][1]["meta.json"])
