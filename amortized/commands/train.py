@@ -1,9 +1,9 @@
 """Train the mask initializer with LightningCLI.
 
     cartoonx train --config cpu [any LightningCLI flag, e.g. --trainer.max_epochs 5]
-    cartoonx train --config configs/train/cpu.yaml                                   # the same file, in a checkout
-    cartoonx train --config configs/train/cpu.yaml --trainer.devices 4 --trainer.strategy ddp   # multi-GPU
-    cartoonx train --config configs/train/cpu.yaml --ckpt_path runs/.../last.ckpt               # resume
+    cartoonx train --config configs/train/cpu.yaml                  # the same file, in a checkout
+    cartoonx train --config cpu --trainer.devices 4 --trainer.strategy ddp     # multi-GPU
+    cartoonx train --config cpu --ckpt_path runs/.../last.ckpt                 # resume
 
 ``--config`` takes a YAML file or the name of a config that ships with the package (``cpu``, ``shards``:
 ``rde/configs/train``). Everything else is handed to LightningCLI's ``fit`` subcommand unchanged. A package
