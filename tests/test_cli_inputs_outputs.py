@@ -128,3 +128,15 @@ def test_generate_refuses_zero_steps(tmp_path, capsys):
     assert exc.value.code == 2
     assert "argument --steps: expected an integer >= 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_that_holds_out_does_not_feed_on_earlier_outputs(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_photo(photos / "a.png", 0)
+    out = photos / "explained"
+    args = ["explain", str(photos), *TINY, "--steps", "0", "--out", str(out)]
+    assert main(args) == 0
+    assert main([*args, "--overwrite"]) == 0  # a.png again; not explained/a.png, the figure written the first time
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "a.npz", "a.png"]
+    assert "explained 1 of 1" in capsys.readouterr().out

@@ -63,3 +63,9 @@ def check_output_dir(path: Path, option: str = "--out") -> None:
         raise OutputDirError(f"{option} {path}: {existing} is a file, so no folder can be made under it")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise OutputDirError(f"{option} {path}: {existing} is not writable")
+
+
+def outside(paths: list[Path], folder: Path) -> list[Path]:
+    """``paths`` without those inside ``folder``: a folder input that holds --out must not feed on its outputs."""
+    folder = folder.resolve()
+    return [p for p in paths if folder not in p.resolve().parents]

@@ -20,7 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from amortized.commands._args import OutputDirError, check_output_dir, fraction, positive_int
+from amortized.commands._args import OutputDirError, check_output_dir, fraction, outside, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Files, folders (recursively) and list files, the same way `cartoonx explain` and `generate` read them.
     paths = [item.path for item in list_images(args.inputs, args.split, args.val_fraction, on_problem=skip)]
-    paths = paths[: args.limit]
+    paths = outside(paths, args.out)[: args.limit]
     images, names = [], []
     for path in paths:
         try:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from rde.init import InitSpec
     from rde.layout import MaskLayout
 
-from amortized.commands._args import OutputDirError, check_output_dir, int_at_least, non_negative_float
+from amortized.commands._args import OutputDirError, check_output_dir, int_at_least, non_negative_float, outside
 
 METHODS = ("cartoonx", "pixel-rde")
 LEARNED_STEPS_FRACTION = 1 / 3  # default refinement after a learned init, relative to the preset's steps
@@ -207,7 +207,7 @@ def run(args: argparse.Namespace) -> int:
         failed += 1
         print(f"cartoonx explain: skipping {message}", file=sys.stderr)
 
-    paths = [path for path, _ in find_images(args.images, on_problem)]
+    paths = outside([path for path, _ in find_images(args.images, on_problem)], args.out)
     if not paths:
         print(f"cartoonx explain: no images to explain; {failed} input(s) skipped", file=sys.stderr)
         return 1
