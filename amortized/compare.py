@@ -209,7 +209,7 @@ def load_finished(out: str | Path, steps: int, inits: Sequence[str]) -> Comparis
     if done.steps != steps or list(done.runs) != expected:
         raise ValueError(
             f"{path} holds a comparison of {list(done.runs)} over {done.steps} steps, not {expected} over {steps}; "
-            "use another --out, or drop --resume to overwrite it"
+            "use another --out, or --overwrite instead of --resume to replace it"
         )
     return done
 

@@ -1,10 +1,15 @@
-"""Image lists for target generation: three input forms, canonical ImageNet labels, a hash split.
+"""The inputs of explain, compare and generate: image files, canonical ImageNet labels, a hash split.
 
-Accepted sources (see :func:`list_images`):
+Every command reads its inputs with :func:`find_images` (``list_images`` adds keys, labels and the split).
+A source is
 
-* an ImageFolder tree ``ROOT/<wnid>/*.JPEG``;
-* a flat directory of files named ``<wnid>_*.JPEG`` (like ``../shared/data/imagenet-sample``);
-* a text file with one image path per line (relative paths are relative to the list file; ``#`` comments).
+* a folder: every file below it, recursively, whose suffix is a format PIL reads (hidden names skipped),
+  in sorted order; an ImageFolder tree ``ROOT/<wnid>/*.JPEG`` and a flat folder of ``<wnid>_*.JPEG`` alike;
+* a list file, by its suffix ``.txt`` or ``.lst``: one image path per line, relative to the list file's
+  folder, ``#`` starts a comment;
+* any other file: an image, whatever its suffix (the image loader names it if PIL cannot read it).
+
+A source or listed path that cannot be used is reported in one line and skipped; it never stops the others.
 
 Labels come from the canonical 1000 wnids (:func:`rde.imagenet_class_index`), never from enumerating
 folders; an image without a known wnid gets label ``-1``. The train/val split is a pure function of the
@@ -15,13 +20,15 @@ from __future__ import annotations
 
 import hashlib
 import re
+import sys
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Literal, Sequence
+from typing import Callable, Literal, Sequence
 
 from rde.classifiers import imagenet_classes
 
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
+LIST_SUFFIXES = (".txt", ".lst")
 DEFAULT_VAL_FRACTION = 1 / 8
 Split = Literal["all", "train", "val"]
 _WNID = re.compile(r"^n\d{8}$")
@@ -99,59 +106,102 @@ def key_seed(key: str, base_seed: int = 0) -> int:
     return int.from_bytes(digest[:8], "big") % 2**63
 
 
-def list_images(
-    source: str | Path | Sequence[str | Path],
-    split: Split = "all",
-    val_fraction: float = DEFAULT_VAL_FRACTION,
-) -> list[ImageItem]:
-    """The images of a directory (ImageFolder or flat), a text list, or several of those, sorted by key.
+@lru_cache(maxsize=1)
+def image_suffixes() -> frozenset[str]:
+    """File suffixes of every format PIL can open (lower case, with the dot): what a folder contributes."""
+    from PIL import Image
 
-    Raises:
-        FileNotFoundError: a source does not exist, or a listed image is missing.
-        ValueError: no images found, or two files map to the same key.
+    Image.init()
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN)
+
+
+def report_to_stderr(problem: str) -> None:
+    print(f"skipping {problem}", file=sys.stderr)
+
+
+def find_images(
+    sources: str | Path | Sequence[str | Path], on_problem: Callable[[str], None] = report_to_stderr
+) -> list[tuple[Path, str]]:
+    """The image files that ``sources`` name, in the order given, as ``(path, source)`` pairs.
+
+    ``source`` is the path as recorded in metadata: relative to the folder given, the list file's line,
+    or the file's name. See the module docstring for the rules. Every source or listed path that cannot
+    be used goes to ``on_problem`` as one line naming it, and is skipped.
     """
-    _check_split(split, val_fraction)
-    sources = [source] if isinstance(source, (str, Path)) else list(source)
-    items: dict[str, ImageItem] = {}
-    for src in sources:
-        for item in _items_of(Path(src)):
-            if item.key in items:
-                raise ValueError(
-                    f"two images have the same sample key {item.key!r}: {items[item.key].path} and {item.path}; "
-                    "rename one (keys are file stems with dots replaced)"
-                )
-            items[item.key] = item
-    if not items:
-        raise ValueError(f"no images found in {', '.join(str(s) for s in sources)}")
-    return [items[k] for k in sorted(items) if in_split(k, split, val_fraction)]
+    sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
+    found: list[tuple[Path, str]] = []
+    for src in map(Path, sources):
+        if not src.exists():
+            on_problem(f"{src}: no such file or directory")
+        elif src.is_dir():
+            suffixes = image_suffixes()
+            files = sorted(
+                p
+                for p in src.rglob("*")
+                if p.suffix.lower() in suffixes
+                and not any(part.startswith(".") for part in p.relative_to(src).parts)
+                and p.is_file()
+            )
+            if not files:
+                on_problem(f"{src}: folder holds no image files")
+            found += [(p, p.relative_to(src).as_posix()) for p in files]
+        elif src.suffix.lower() in LIST_SUFFIXES:
+            found += _listed(src, on_problem)
+        else:
+            found.append((src, src.name))
+    return found
 
 
-def _items_of(src: Path) -> Iterable[ImageItem]:
-    if not src.exists():
-        raise FileNotFoundError(f"{src}: no such file or directory")
-    if src.is_dir():
-        files = sorted(
-            p
-            for p in src.rglob("*")
-            if p.suffix.lower() in IMAGE_SUFFIXES
-            and not any(part.startswith(".") for part in p.relative_to(src).parts)
-            and p.is_file()
-        )
-        for p in files:
-            yield _item(p, p.relative_to(src).as_posix())
-        return
-    if src.suffix.lower() in IMAGE_SUFFIXES:
-        yield _item(src, src.name)
-        return
-    for lineno, line in enumerate(src.read_text().splitlines(), 1):
+def _listed(src: Path, on_problem: Callable[[str], None]) -> list[tuple[Path, str]]:
+    try:
+        text = src.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        on_problem(f"{src}: not a readable text list of image paths ({e})")
+        return []
+    found = []
+    for lineno, line in enumerate(text.splitlines(), 1):
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
         p = Path(line)
         path = p if p.is_absolute() else src.parent / p
-        if not path.is_file():
-            raise FileNotFoundError(f"{src}:{lineno}: listed image {line!r} not found ({path})")
-        yield _item(path, line)
+        if path.is_file():
+            found.append((path, line))
+        else:
+            on_problem(f"{src}:{lineno}: listed image {line!r} not found ({path})")
+    return found
+
+
+def list_images(
+    source: str | Path | Sequence[str | Path],
+    split: Split = "all",
+    val_fraction: float = DEFAULT_VAL_FRACTION,
+    on_problem: Callable[[str], None] = report_to_stderr,
+) -> list[ImageItem]:
+    """The images of folders, list files and image files (:func:`find_images`), sorted by key.
+
+    Sources or listed paths that cannot be used go to ``on_problem`` (default: one line on stderr) and are
+    skipped.
+
+    Raises:
+        ValueError: no images found at all, or two files map to the same key.
+    """
+    _check_split(split, val_fraction)
+    sources = [source] if isinstance(source, (str, Path)) else list(source)
+    items: dict[str, ImageItem] = {}
+    for path, recorded in find_images(sources, on_problem):
+        item = _item(path, recorded)
+        if item.key in items and items[item.key].path.resolve() == path.resolve():
+            continue  # the same file named twice (e.g. a folder and a file in it)
+        if item.key in items:
+            raise ValueError(
+                f"two images have the same sample key {item.key!r}: {items[item.key].path} and {item.path}; "
+                "rename one (keys are file stems with dots replaced)"
+            )
+        items[item.key] = item
+    if not items:
+        raise ValueError(f"no images found in {', '.join(str(s) for s in sources)}")
+    return [items[k] for k in sorted(items) if in_split(k, split, val_fraction)]
 
 
 def _item(path: Path, source: str) -> ImageItem:

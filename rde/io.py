@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +14,36 @@ from torch import Tensor
 from torchvision.transforms import functional as TF
 
 
+MAX_PIXELS_ENV = "CARTOONX_MAX_PIXELS"
+
+
 class ImageLoadError(ValueError):
     """An image file that cannot be used; the message names the file and the reason."""
+
+
+def max_pixels() -> int | None:
+    """The largest image, in pixels, that :func:`load_image` opens; ``None``: no bound.
+
+    It is PIL's ``Image.MAX_IMAGE_PIXELS`` (about 89 million by default), which guards against
+    decompression bombs: small files that declare huge images. Setting the environment variable
+    ``CARTOONX_MAX_PIXELS`` (0: no bound) sets it for every command, worker processes included.
+    """
+    text = os.environ.get(MAX_PIXELS_ENV)
+    if text is not None:
+        try:
+            value = int(text)
+        except ValueError:
+            raise ValueError(f"{MAX_PIXELS_ENV}={text!r}: expected a number of pixels (0: no bound)") from None
+        Image.MAX_IMAGE_PIXELS = value if value > 0 else None
+    return Image.MAX_IMAGE_PIXELS
 
 
 def load_image(path: str | Path) -> Image.Image:
     """Open any PIL-readable image as 8-bit RGB.
 
     Greyscale is replicated to three channels, RGBA/LA is composited on white, CMYK and palette
-    images are converted, and 16-bit or float images are rescaled to 8 bits by their range.
+    images are converted, and 16-bit or float images are rescaled to 8 bits by their range. An image
+    of more than :func:`max_pixels` pixels is refused before it is decoded.
     """
     path = Path(path)
     if not path.exists():
@@ -27,10 +51,20 @@ def load_image(path: str | Path) -> Image.Image:
     if path.is_dir():
         raise ImageLoadError(f"{path}: is a directory, not an image")
     ImageFile.LOAD_TRUNCATED_IMAGES = False
+    bound = max_pixels()
     try:
-        with Image.open(path) as img:
-            img.load()
-            return _to_rgb(img)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL only warns below 2x its bound
+            with Image.open(path) as img:
+                img.load()
+                return _to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        size = f"{int(found.group(1)):,} pixels" if found else "its size"
+        raise ImageLoadError(
+            f"{path}: {size} exceed the bound of {bound:,} pixels against decompression bombs "
+            f"(set {MAX_PIXELS_ENV}=<pixels> to allow larger images, 0 for no bound)"
+        ) from None
     except UnidentifiedImageError:
         raise ImageLoadError(f"{path}: not an image file (PIL cannot identify it)") from None
     except (OSError, SyntaxError, ValueError) as e:

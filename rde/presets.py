@@ -1,20 +1,18 @@
-"""Optimizer settings (:class:`RDEConfig`) and the named presets stored as YAML in ``configs/presets``."""
+"""Optimizer settings (:class:`RDEConfig`) and the named presets that ship as YAML in ``rde/configs/presets``."""
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from rde.configs import config_path, list_configs
 from rde.distortion import DISTORTIONS
 from rde.obfuscation import OBFUSCATIONS
 from rde.wavelets import WaveletConfig
-
-PRESET_DIR = Path(__file__).resolve().parent.parent / "configs" / "presets"
 
 
 @dataclass(frozen=True)
@@ -85,7 +83,8 @@ class RDEConfig:
 
 
 def list_presets() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    """Names of the presets that ship with the package."""
+    return list_configs("presets")
 
 
 def load_preset(name_or_path: str | Path | RDEConfig) -> RDEConfig:
@@ -99,11 +98,7 @@ def load_preset(name_or_path: str | Path | RDEConfig) -> RDEConfig:
         name = path.stem
     else:
         name = str(name_or_path)
-        path = PRESET_DIR / f"{name}.yaml"
-        if not path.exists():
-            close = difflib.get_close_matches(name, list_presets(), n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ValueError(f"unknown preset {name!r}; available: {', '.join(list_presets())}.{hint}")
+        path = config_path("presets", name)
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a preset must be a YAML mapping")

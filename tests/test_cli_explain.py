@@ -107,7 +107,7 @@ def test_bad_files_are_reported_and_skipped(tmp_path, capsys):
     for photo in good:
         assert (out / f"{photo.stem}.png").exists() and (out / f"{photo.stem}.npz").exists()
     assert not (out / "notes.png").exists() and not (out / "truncated.png").exists()
-    assert "explained 2 of 6" in captured.out and "4 failed" in captured.out
+    assert "explained 2 of 6" in captured.out and "4 skipped" in captured.out
 
 
 @pytest.mark.parametrize(

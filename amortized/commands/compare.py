@@ -4,7 +4,9 @@ Every init runs the exact optimizer for N steps on the same images with the same
 OUT/loss_curves.png (median and quartiles over images, and rate-distortion curves),
 OUT/loss_curves_per_image.png, OUT/summary.csv, OUT/per_image.csv and OUT/comparison.json, and
 prints the summary table. ``learned`` uses --checkpoint, or the initializer bundled for the model
-and preset.
+and preset. Inputs are read as by ``cartoonx explain``; those that cannot be read are named and skipped,
+and the exit code is then 1. An earlier comparison in OUT is continued with --resume or replaced with
+--overwrite, never silently.
 
 Examples:
   cartoonx compare examples/ --inits ones,learned --steps 100
@@ -18,11 +20,12 @@ import os
 import sys
 from pathlib import Path
 
-from amortized.commands._args import fraction, positive_int
+from amortized.commands._args import OutputDirError, check_output_dir, fraction, outside, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DATASET", help="image files, directories, or a dataset")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DATASET",
+                        help="image files, folders (searched recursively) or list files (.txt/.lst)")
     parser.add_argument("--inits", default="ones,learned", help="comma-separated: ones, learned, const:C, random, preopt")
     parser.add_argument("--steps", type=positive_int, help="Adam steps N (default: the preset's)")
     parser.add_argument("--model", default="efficientnet_lite0", help="classifier (default: %(default)s)")
@@ -36,8 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=positive_int, default=1, help="images optimized together (default: 1)")
     parser.add_argument("--no-rate-distortion", action="store_true", help="skip the rate-distortion curves")
     parser.add_argument("--out", type=Path, default=Path("outputs/compare"), help="output directory")
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the images already in OUT/comparison.json (same inits, steps and seed) and run the rest")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="keep the images already in OUT/comparison.json (same inits, steps and seed) and run the rest")
+    again.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in OUT")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
 
 
@@ -62,20 +67,35 @@ def run(args: argparse.Namespace) -> int:
         if label != "learned":
             parse_init(label)
 
+    check_output_dir(args.out)
+    done = load_finished(args.out, steps, labels) if args.resume else None
+    if (args.out / "comparison.json").exists() and not (args.resume or args.overwrite):
+        raise OutputDirError(
+            f"--out {args.out}: holds an earlier comparison (comparison.json); pass --resume to continue it, "
+            "--overwrite to replace it, or choose another --out"
+        )
+
     from amortized.datasets import list_images
 
-    # Files, folders (recursively) and text lists, the same way `cartoonx generate` reads them.
-    paths = [item.path for item in list_images(args.inputs, args.split, args.val_fraction)]
-    paths = paths[: args.limit]
+    skipped = 0
+
+    def skip(message: str) -> None:
+        nonlocal skipped
+        skipped += 1
+        print(f"cartoonx compare: skipping {message}", file=sys.stderr)
+
+    # Files, folders (recursively) and list files, the same way `cartoonx explain` and `generate` read them.
+    paths = [item.path for item in list_images(args.inputs, args.split, args.val_fraction, on_problem=skip)]
+    paths = outside(paths, args.out)[: args.limit]
     images, names = [], []
     for path in paths:
         try:
             images.append(preprocess(load_image(path), preset.image_size))
             names.append(Path(path).stem)
         except ImageLoadError as e:
-            print(f"cartoonx compare: skipping {e}", file=sys.stderr)
+            skip(str(e))
     if not images:
-        raise ValueError("no readable images to compare")
+        raise ValueError(f"no readable images to compare ({skipped} input(s) skipped)")
 
     explainer = rde.CartoonX(rde.create_classifier(args.model, device=device), preset)
     inits: dict = {label: label for label in labels}
@@ -85,7 +105,6 @@ def run(args: argparse.Namespace) -> int:
         inits["learned"] = LearnedInitializer.for_explainer(explainer, args.checkpoint, seed=args.seed)
 
     parts = []
-    done = load_finished(args.out, steps, labels) if args.resume else None
     if done is not None:
         parts.append(done)
         keep = [i for i, n in enumerate(names) if n not in set(done.names)]
@@ -102,4 +121,6 @@ def run(args: argparse.Namespace) -> int:
     figures = plot_comparison(comparison, args.out)
     print(comparison.format_table())
     print(f"wrote {', '.join(str(p) for p in [*files.values(), *figures])}")
-    return 0
+    if skipped:
+        print(f"cartoonx compare: {skipped} input(s) skipped (named above)", file=sys.stderr)
+    return 1 if skipped else 0

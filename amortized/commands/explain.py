@@ -1,10 +1,11 @@
 """Explain images with CartoonX (or Pixel RDE) and write one figure, mask and metadata file per image.
 
-Each IMAGE is a file, or a directory whose image files are explained in sorted order. For an image
-``<stem>.<ext>`` the command writes ``OUT/<stem>.png`` (input, explanation, loss curves),
-``OUT/<stem>.npz`` (mask, explanation image, loss history) and ``OUT/<stem>.json`` (class, probability,
-mask layout, loss history, full configuration), and prints one summary line. Files that cannot be read
-as images are reported on stderr and skipped; the exit code is then 1.
+Each IMAGE is an image file, a folder (its image files, recursively, in sorted order) or a list file
+(.txt or .lst: one image path per line). For an image ``<stem>.<ext>`` the command writes
+``OUT/<stem>.png`` (input, explanation, loss curves), ``OUT/<stem>.npz`` (mask, explanation image, loss
+history) and ``OUT/<stem>.json`` (class, probability, mask layout, loss history, full configuration), and
+prints one summary line. Inputs that cannot be read as images are named on stderr and skipped; after the
+others are done the exit code is then 1. Outputs of an earlier run are replaced only with --overwrite.
 """
 
 from __future__ import annotations
@@ -25,15 +26,19 @@ if TYPE_CHECKING:
     from rde.init import InitSpec
     from rde.layout import MaskLayout
 
-from amortized.commands._args import int_at_least, non_negative_float
+from amortized.commands._args import OutputDirError, check_output_dir, int_at_least, non_negative_float, outside
 
 METHODS = ("cartoonx", "pixel-rde")
 LEARNED_STEPS_FRACTION = 1 / 3  # default refinement after a learned init, relative to the preset's steps
 InitFn = Callable[["Tensor"], "InitSpec"]
+OUTPUT_SUFFIXES = (".png", ".npz", ".json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files or directories of images")
+    parser.add_argument(
+        "images", nargs="+", metavar="IMAGE",
+        help="image files, folders (searched recursively) or list files (.txt/.lst, one image path per line)",
+    )
     parser.add_argument(
         "--model",
         default="efficientnet_lite0",
@@ -57,6 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-samples", type=int_at_least(1), help="noise samples L per step (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed, the same for every image (default: 0)")
     parser.add_argument("--out", type=Path, default=Path("explanations"), help="output directory (default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs of an earlier run in OUT")
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if available, else cpu"
     )
@@ -123,45 +129,44 @@ def _load_init_mask(path: Path, layout: MaskLayout) -> Tensor:
     return mask.float()
 
 
-def image_suffixes() -> set[str]:
-    """File suffixes of the formats PIL can open (lower case, with the dot)."""
-    from PIL import Image
+def output_stems(paths: list[Path]) -> list[str]:
+    """The output name of each input: its stem, with ``-2``, ``-3``... for repeated stems, in input order."""
+    used: set[str] = set()
+    stems = []
+    for path in paths:
+        stem, n = path.stem, 1
+        while stem in used:
+            n += 1
+            stem = f"{path.stem}-{n}"
+        used.add(stem)
+        stems.append(stem)
+    return stems
 
-    Image.init()
-    return {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
 
-
-def expand_inputs(items: list[str]) -> tuple[list[Path], list[str]]:
-    """Files as given, directories replaced by their image files (sorted). Returns ``(paths, errors)``."""
-    suffixes = image_suffixes()
-    paths, errors = [], []
-    for item in items:
-        path = Path(item)
-        if path.is_dir():
-            found = sorted(
-                p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith(".")
-            )
-            if not found:
-                errors.append(f"{path}: directory contains no image files")
-            paths.extend(found)
-        else:
-            paths.append(path)
-    return paths, errors
+def check_no_earlier_outputs(out: Path, stems: list[str]) -> None:
+    """Refuse to replace the figure, mask or metadata that an earlier run wrote for any of ``stems``."""
+    taken = [s for s in stems if any((out / f"{s}{ext}").exists() for ext in OUTPUT_SUFFIXES)]
+    if taken:
+        shown = ", ".join(taken[:3]) + (f" and {len(taken) - 3} more" if len(taken) > 3 else "")
+        raise OutputDirError(
+            f"--out {out}: holds outputs of an earlier run for {shown}; pass --overwrite to replace them, "
+            "or choose another --out"
+        )
 
 
 def _batches(
-    paths: list[Path], size: int, batch_size: int, on_error: Callable[[Path, str], None]
-) -> Iterator[tuple[list[Path], Tensor]]:
-    """Yield ``(paths, images (B, 3, size, size))``; files that fail to load go to ``on_error`` and are skipped."""
+    paths: list[tuple[Path, str]], size: int, batch_size: int, on_error: Callable[[Path, str], None]
+) -> Iterator[tuple[list[tuple[Path, str]], Tensor]]:
+    """Yield ``([(path, stem)], images (B, 3, size, size))``; files that fail to load go to ``on_error``."""
     import torch
 
     from rde.io import ImageLoadError, load_image, preprocess
 
     good, tensors = [], []
-    for path in paths:
+    for path, stem in paths:
         try:
             tensors.append(preprocess(load_image(path), size))
-            good.append(path)
+            good.append((path, stem))
         except ImageLoadError as e:
             on_error(path, str(e))
         if len(good) == batch_size:
@@ -171,15 +176,6 @@ def _batches(
         yield good, torch.stack(tensors)
 
 
-def _unique_stem(path: Path, used: set[str]) -> str:
-    stem, n = path.stem, 1
-    while stem in used:
-        n += 1
-        stem = f"{path.stem}-{n}"
-    used.add(stem)
-    return stem
-
-
 def run(args: argparse.Namespace) -> int:
     # As in `cartoonx generate`: spin-waiting OpenMP threads make a shared, busy CPU many times slower.
     # This only takes effect when torch is not imported yet (the console script).
@@ -187,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     import rde
+    from amortized.datasets import find_images
     from rde.plotting import plot_explanation
     from rde.representation import create_representation
 
@@ -201,15 +198,22 @@ def run(args: argparse.Namespace) -> int:
     layout = create_representation(method_cls.representation_kind, size, size, config.wavelet).layout
     if args.init != "learned":
         init_for = resolve_init(args.init, layout, args)  # bad --init values fail before any work
-    if args.out.exists() and not args.out.is_dir():
-        raise ValueError(f"--out {args.out}: exists and is not a directory")
+    check_output_dir(args.out)
 
-    paths, errors = expand_inputs(args.images)
-    for message in errors:
-        print(f"cartoonx explain: {message}", file=sys.stderr)
-    failed = len(errors)
+    failed = 0
+
+    def on_problem(message: str) -> None:
+        nonlocal failed
+        failed += 1
+        print(f"cartoonx explain: skipping {message}", file=sys.stderr)
+
+    paths = outside([path for path, _ in find_images(args.images, on_problem)], args.out)
     if not paths:
+        print(f"cartoonx explain: no images to explain; {failed} input(s) skipped", file=sys.stderr)
         return 1
+    stems = output_stems(paths)
+    if not args.overwrite:
+        check_no_earlier_outputs(args.out, stems)
     classifier = rde.create_classifier(args.model, device=device)
     explainer = method_cls(classifier, preset=config)
     if args.init == "learned":
@@ -224,19 +228,18 @@ def run(args: argparse.Namespace) -> int:
         tqdm.write(f"cartoonx explain: skipping {message}", file=sys.stderr)
         bar.update(1)
 
-    used: set[str] = set()
     done = 0
-    for batch_paths, images in _batches(paths, size, args.batch_size, on_error):
+    for batch, images in _batches(list(zip(paths, stems)), size, args.batch_size, on_error):
         images = images.to(device)
         start = time.perf_counter()
         try:
             result = explainer.explain(images, init=init_for(images), seed=args.seed, show_progress=True)
         except RuntimeError as e:  # e.g. out of memory on a large --batch-size: report, keep going
-            for path in batch_paths:
+            for path, _ in batch:
                 on_error(path, f"{path}: optimization failed ({e})")
             continue
-        seconds = (time.perf_counter() - start) / len(batch_paths)
-        for i, path in enumerate(batch_paths):
+        seconds = (time.perf_counter() - start) / len(batch)
+        for i, (path, stem) in enumerate(batch):
             one = result[i]
             one.config = {
                 **result.config,
@@ -248,7 +251,6 @@ def run(args: argparse.Namespace) -> int:
                 "batch_size": args.batch_size,
                 "image": str(path),
             }
-            stem = _unique_stem(path, used)
             base = args.out / stem
             _, json_path = one.save(base)
             _add_to_json(json_path, history={k: v[0].tolist() for k, v in one.history.items()}, seconds=seconds)
@@ -261,7 +263,8 @@ def run(args: argparse.Namespace) -> int:
             done += 1
             bar.update(1)
     bar.close()
-    print(f"explained {done} of {done + failed} inputs into {args.out}" + (f"; {failed} failed" if failed else ""))
+    skipped = f"; {failed} skipped (named above)" if failed else ""
+    print(f"explained {done} of {done + failed} inputs into {args.out}{skipped}")
     return 1 if failed else 0
 
 

@@ -31,14 +31,17 @@ def _devices(text: str) -> int | str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="image directory or text list of image paths")
+    parser.add_argument(
+        "inputs", nargs="+", metavar="INPUT",
+        help="image folders (searched recursively), list files (.txt/.lst, one image path per line) or image files",
+    )
     parser.add_argument("--out", type=Path, required=True, help="shard directory (created; rerun to resume)")
     parser.add_argument(
         "--model", "--classifier", dest="model", default="efficientnet_lite0",
         help="classifier to explain (default: %(default)s)",
     )
     parser.add_argument("--preset", default="cpu", help="optimizer preset: cpu, paper, tiny or a YAML file (default: %(default)s)")
-    parser.add_argument("--steps", type=int, help="Adam steps (default: the preset's)")
+    parser.add_argument("--steps", type=positive_int, help="Adam steps, at least 1 (default: the preset's)")
     parser.add_argument("--num-samples", type=positive_int, help="noise samples L per step (default: the preset's)")
     parser.add_argument("--lam", type=float, help="sparsity weight lambda (default: the preset's)")
     parser.add_argument("--lr", type=float, help="Adam learning rate (default: the preset's)")

@@ -1,10 +1,13 @@
 """Train the mask initializer with LightningCLI.
 
-    cartoonx train --config configs/train/cpu.yaml [any LightningCLI flag, e.g. --trainer.max_epochs 5]
-    cartoonx train --config configs/train/cpu.yaml --trainer.devices 4 --trainer.strategy ddp   # multi-GPU
-    cartoonx train --config configs/train/cpu.yaml --ckpt_path runs/.../last.ckpt               # resume
+    cartoonx train --config cpu [any LightningCLI flag, e.g. --trainer.max_epochs 5]
+    cartoonx train --config configs/train/cpu.yaml                  # the same file, in a checkout
+    cartoonx train --config cpu --trainer.devices 4 --trainer.strategy ddp     # multi-GPU
+    cartoonx train --config cpu --ckpt_path runs/.../last.ckpt                 # resume
 
-Everything after ``--config`` is handed to LightningCLI's ``fit`` subcommand unchanged.
+``--config`` takes a YAML file or the name of a config that ships with the package (``cpu``, ``shards``:
+``rde/configs/train``). Everything else is handed to LightningCLI's ``fit`` subcommand unchanged. A package
+that a config needs but that is not installed (e.g. ``wandb`` for its logger) is named in a one-line error.
 """
 
 from __future__ import annotations
@@ -14,19 +17,44 @@ import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", action="append", required=True, help="LightningCLI YAML config (repeatable)")
+    parser.add_argument(
+        "--config", action="append", required=True,
+        help="LightningCLI YAML file, or a packaged config name: cpu, shards (repeatable)",
+    )
     parser.set_defaults(_accepts_extra=True)
+
+
+class MissingDependencyError(ValueError):
+    """A package that training (or a logger or callback named in its config) needs is not installed."""
+
+
+def resolve_config(text: str) -> str:
+    """An existing YAML file as given, else the packaged train config of that name (``cpu`` -> its path)."""
+    from rde.configs import config_path, list_configs
+
+    if os.path.isfile(text):
+        return text
+    if os.sep in text or "/" in text or text.endswith((".yaml", ".yml")):
+        raise FileNotFoundError(f"config file not found: {text} (packaged configs: {', '.join(list_configs('train'))})")
+    return str(config_path("train", text))
 
 
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("WANDB_MODE", "offline")  # a config or WANDB_MODE=online opts in explicitly
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as in explain: spinning threads stall a shared CPU
-    from amortized.training import cli_main
-
     argv = ["fit"]
-    for path in args.config:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"config file not found: {path}")
-        argv += ["--config", path]
-    cli_main(argv + list(getattr(args, "extra", [])))
+    for text in args.config:
+        argv += ["--config", resolve_config(text)]
+    try:
+        from amortized.training import cli_main
+
+        cli_main(argv + list(getattr(args, "extra", [])))
+    except ModuleNotFoundError as e:
+        if e.name and e.name.split(".")[0] in ("rde", "amortized"):
+            raise  # our own module missing is a bug, not a missing dependency
+        what = f"the package {e.name!r}, which is not installed" if e.name else str(e).splitlines()[0]
+        raise MissingDependencyError(
+            f"training with {', '.join(args.config)} needs {what}; install it, or drop the logger or callback "
+            "that uses it from the config"
+        ) from e
     return 0

@@ -10,6 +10,8 @@ import pytest
 from PIL import Image
 
 from amortized.datasets import (
+    find_images,
+    image_suffixes,
     in_split,
     key_seed,
     label_of,
@@ -92,16 +94,51 @@ def test_duplicate_keys_are_refused_naming_both(tmp_path):
     assert str(a) in str(err.value) and str(b) in str(err.value)
 
 
-def test_missing_sources_and_listed_files_are_named(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere"):
-        list_images(tmp_path / "nowhere")
+def test_missing_sources_and_listed_files_are_named_and_skipped(tmp_path):
+    good = _png(tmp_path / "n01440764_good.png")
     listing = tmp_path / "l.txt"
-    listing.write_text("missing.png\n")
-    with pytest.raises(FileNotFoundError, match=r"l.txt:1: listed image 'missing.png'"):
-        list_images(listing)
+    listing.write_text("missing.png\nn01440764_good.png\n")
     (tmp_path / "empty").mkdir()
+    problems: list[str] = []
+    items = list_images([tmp_path / "nowhere", listing, tmp_path / "empty"], on_problem=problems.append)
+    assert [i.path for i in items] == [good]
+    assert problems == [
+        f"{tmp_path / 'nowhere'}: no such file or directory",
+        f"{listing}:1: listed image 'missing.png' not found ({tmp_path / 'missing.png'})",
+        f"{tmp_path / 'empty'}: folder holds no image files",
+    ]
     with pytest.raises(ValueError, match="no images found"):
-        list_images(tmp_path / "empty")
+        list_images(tmp_path / "empty", on_problem=problems.append)
+
+
+def test_the_same_file_named_twice_is_one_item(tmp_path):
+    a = _png(tmp_path / "n01440764_a.png")
+    assert [i.path for i in list_images([tmp_path, a])] == [a]
+
+
+def test_every_format_pil_reads_and_unknown_suffixes_given_by_name(tmp_path):
+    """A folder's GIFs, TGAs... count (PIL's registered formats); a named file of any suffix is an image, not a list."""
+    for name, fmt in [("a.gif", "GIF"), ("b.tga", "TGA"), ("c.PNG", "PNG"), ("d.webp", "WEBP")]:
+        Image.fromarray(np.full((8, 8, 3), 9, np.uint8)).save(_dir(tmp_path / "in") / name, fmt)
+    (tmp_path / "in" / "notes.json").write_text("{}")
+    assert [p.name for p, _ in find_images(tmp_path / "in")] == ["a.gif", "b.tga", "c.PNG", "d.webp"]
+    odd = tmp_path / "photo.jpeg_large"  # not a list: handed to the image loader, which names it if it fails
+    odd.write_bytes((tmp_path / "in" / "a.gif").read_bytes())
+    assert find_images([odd, tmp_path / "in" / "a.gif"]) == [(odd, odd.name), (tmp_path / "in" / "a.gif", "a.gif")]
+    assert {".gif", ".tga", ".png", ".jpeg", ".webp", ".bmp"} <= image_suffixes()
+
+
+def test_a_list_that_is_not_text_is_named_and_skipped(tmp_path):
+    binary = tmp_path / "list.txt"
+    binary.write_bytes(b"\xff\xfe\x00 not utf-8")
+    problems: list[str] = []
+    assert find_images([binary], problems.append) == []
+    assert len(problems) == 1 and problems[0].startswith(f"{binary}: not a readable text list")
+
+
+def _dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def test_split_is_a_hash_of_the_key():

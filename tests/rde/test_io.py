@@ -158,3 +158,45 @@ def test_load_images_stacks_and_names_the_bad_file(tmp_path):
     (tmp_path / "broken.png").write_text("nope")
     with pytest.raises(ImageLoadError, match="broken.png"):
         load_images(paths + [tmp_path / "broken.png"], 24)
+
+
+def bomb_png(width: int = 19000, height: int = 19000) -> bytes:
+    """A 60-byte PNG whose header declares ``width x height`` 1-bit pixels: a decompression bomb's shape."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0")) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [10000, 19000])  # above PIL's bound (it only warns) and above twice it (it raises)
+def test_a_decompression_bomb_is_one_line_naming_file_and_bound(tmp_path, side):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(bomb_png(side, side))
+    with pytest.raises(ImageLoadError) as err:
+        load_image(path)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(f"{path}: {side * side:,} pixels exceed the bound of")
+    assert f"{Image.MAX_IMAGE_PIXELS:,} pixels" in message and "CARTOONX_MAX_PIXELS" in message
+
+
+def test_the_pixel_bound_is_set_by_the_environment(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
+    path = tmp_path / "small.png"
+    Image.new("RGB", (40, 30)).save(path)
+    monkeypatch.setenv("CARTOONX_MAX_PIXELS", "1199")
+    with pytest.raises(ImageLoadError, match=r"1,200 pixels exceed the bound of 1,199 pixels"):
+        load_image(path)
+    monkeypatch.setenv("CARTOONX_MAX_PIXELS", "1200")
+    assert load_image(path).size == (40, 30)
+    monkeypatch.setenv("CARTOONX_MAX_PIXELS", "1")
+    with pytest.raises(ImageLoadError):
+        load_image(path)
+    monkeypatch.setenv("CARTOONX_MAX_PIXELS", "0")  # no bound
+    assert load_image(path).size == (40, 30) and Image.MAX_IMAGE_PIXELS is None
+    monkeypatch.setenv("CARTOONX_MAX_PIXELS", "lots")
+    with pytest.raises(ValueError, match="CARTOONX_MAX_PIXELS='lots'"):
+        load_image(path)

@@ -1,0 +1,119 @@
+"""A normal (non-editable) install carries everything it reads: presets, train configs, the synset list
+and the bundled initializer, found through one loader (rde.configs) from any folder."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from amortized.cli import main
+from amortized.commands.train import resolve_config
+from rde.configs import config_path, list_configs
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGE_DATA = {
+    "rde/configs/presets/cpu.yaml",
+    "rde/configs/presets/paper.yaml",
+    "rde/configs/presets/tiny.yaml",
+    "rde/configs/train/cpu.yaml",
+    "rde/configs/train/shards.yaml",
+    "rde/resources/imagenet-synsets.tsv",
+    "amortized/initializers/efficientnet_lite0-cpu.pt",
+}
+
+
+def build_wheel(dest: Path) -> Path:
+    """``pip wheel`` of a copy of the project (the checkout stays clean), offline with this venv's setuptools."""
+    src = dest / "src"
+    src.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, src / name)
+    for package in ("rde", "amortized"):
+        shutil.copytree(REPO / package, src / package, ignore=shutil.ignore_patterns("__pycache__"))
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "--no-build-isolation", "-q", "-w", str(dest)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    (wheel,) = dest.glob("fastcartoonx-*.whl")
+    return wheel
+
+
+@pytest.fixture(scope="module")
+def wheel(tmp_path_factory) -> Path:
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+def test_the_wheel_carries_presets_train_configs_synsets_and_initializer(wheel):
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert PACKAGE_DATA <= names, sorted(PACKAGE_DATA - names)
+    with zipfile.ZipFile(wheel) as zf:  # the packaged files are the ones the checkout uses
+        for kind, name in [("presets", "cpu"), ("train", "cpu")]:
+            assert zf.read(f"rde/configs/{kind}/{name}.yaml") == (REPO / "configs" / kind / f"{name}.yaml").read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["presets", "train"])
+def test_the_checkout_configs_are_the_packaged_files(kind):
+    """One copy: configs/<kind> in the checkout is a link to the package's folder."""
+    names = list_configs(kind)
+    assert names == sorted(p.stem for p in (REPO / "configs" / kind).glob("*.yaml"))
+    assert {"cpu"} <= set(names) and ({"paper", "tiny"} <= set(names) if kind == "presets" else "shards" in names)
+    for name in names:
+        assert (REPO / "configs" / kind / f"{name}.yaml").samefile(config_path(kind, name))
+
+
+def test_train_config_by_name_or_file(tmp_path, capsys):
+    assert resolve_config("cpu") == str(config_path("train", "cpu"))
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("trainer: {}\n")
+    assert resolve_config(str(mine)) == str(mine)
+    assert main(["train", "--config", "cpuu"]) == 2
+    assert "unknown train config 'cpuu'; available: cpu, shards. Did you mean cpu?" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
+def test_a_missing_logger_package_is_named(tmp_path):
+    """The shipped cpu recipe logs to wandb; without wandb, `cartoonx train --config cpu` says so in one line."""
+    code = "import sys; sys.modules['wandb'] = None; from amortized.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code, "train", "--config", "cpu"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("cartoonx train: error: training with cpu needs the package 'wandb'"), done.stderr[-2000:]
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_the_installed_wheel_works_from_another_folder(wheel, tmp_path):
+    """Install the wheel alone (dependencies from this venv) and run explain and compare outside the checkout."""
+    site = tmp_path / "site"
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    photo = REPO / "examples" / "n01440764_tench.JPEG"
+    env = {**os.environ, "PYTHONPATH": str(site), "OMP_NUM_THREADS": "1"}
+
+    def cartoonx(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "amortized.cli", *args], cwd=work, env=env,
+                              capture_output=True, text=True, timeout=600)
+
+    where = subprocess.run([sys.executable, "-c", "import rde, amortized.cli; print(rde.__file__)"], cwd=work,
+                           env=env, capture_output=True, text=True)
+    assert where.stdout.strip().startswith(str(site)), where  # the installed copy, not the checkout
+    run = cartoonx("explain", str(photo), "--model", "tiny-test", "--preset", "tiny", "--steps", "1", "--out", "x")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (work / "x" / "n01440764_tench.json").exists()
+    run = cartoonx("compare", str(photo), "--preset", "cpu", "--steps", "2", "--inits", "ones,learned",
+                   "--no-rate-distortion", "--device", "cpu", "--out", "cmp")
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert (work / "cmp" / "comparison.json").exists()
