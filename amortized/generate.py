@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 import rde
 from amortized import shards as S
-from amortized.datasets import ImageItem, key_fraction, key_seed, list_images
+from amortized.datasets import ImageItem, key_fraction, key_seed, list_images, report_to_stderr
 from amortized.generate_data import GenerateDataModule, failure_record
 from amortized.signals import StopOnSignals, Stopped
 from rde import CartoonX, MaskLayout, RDEConfig, create_classifier, load_preset
@@ -78,6 +78,7 @@ class GenerateSummary:
     done: int = 0
     skipped: int = 0
     failed: int = 0
+    unlisted: int = 0  # sources or listed paths that were not images (named on stderr while listing)
     seconds: float = 0.0
     shards: list[Path] = dataclasses.field(default_factory=list)
 
@@ -89,7 +90,8 @@ class GenerateSummary:
         where = f"rank {self.rank}/{self.world_size}: " if self.world_size > 1 else ""
         return (
             f"{where}{self.done} done, {self.skipped} skipped (already in shards), {self.failed} failed, "
-            f"{_hours(self.seconds)}, {self.images_per_hour:.1f} images/hour; "
+            + (f"{self.unlisted} input(s) not images, " if self.unlisted else "")
+            + f"{_hours(self.seconds)}, {self.images_per_hour:.1f} images/hour; "
             f"{len(self.shards)} new shard(s) in {self.out_dir} (config {self.config_hash})"
         )
 
@@ -317,10 +319,18 @@ def generate_targets(
         OutputDirError: ``out_dir`` is a file or not writable (checked before any work).
     """
     cfg = load_preset(preset).replace(**preset_overrides)
+    if cfg.steps < 1:
+        raise ValueError(f"steps must be at least 1 for targets, got {cfg.steps} (0 steps would store the all-ones start)")
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
     out_dir = S.check_output_dir(out_dir)
-    items = list_images(source, split=split, val_fraction=val_fraction)
+    problems: list[str] = []
+
+    def on_problem(message: str) -> None:
+        problems.append(message)
+        report_to_stderr(message)
+
+    items = list_images(source, split=split, val_fraction=val_fraction, on_problem=on_problem)
     items.sort(key=lambda i: key_fraction(i.key, salt="order:"))  # a class-mixed order: partial runs stay useful
     if limit is not None:
         items = items[:limit]
@@ -355,4 +365,5 @@ def generate_targets(
     finally:
         data.release_lock()  # also when setup refused the directory
     writer.summary.skipped = data.skipped  # also when nothing was left to do (the predict hooks are skipped)
+    writer.summary.unlisted = len(problems)
     return writer.summary

@@ -121,4 +121,4 @@ def _run(args: argparse.Namespace) -> int:
         **overrides,
     )
     print(f"generate: {summary}", file=sys.stderr)
-    return 1 if summary.failed else 0
+    return 1 if summary.failed or summary.unlisted else 0

@@ -174,6 +174,24 @@ def test_bad_image_is_logged_skipped_and_recorded(tmp_path, capsys):
     assert all("n01498041_broken.png" in f["error"] for f in manifest["failed"] if f["key"] == "n01498041_broken")
 
 
+def test_missing_source_is_named_counted_and_exits_1(tmp_path, capsys):
+    src = make_images(tmp_path / "img", 1)
+    out = tmp_path / "shards"
+    code = cli_main(["generate", str(src), str(tmp_path / "gone.png"), "--out", str(out), "--model", "tiny-test",
+                     "--preset", "tiny", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1 and "gone.png" in err and "1 done" in err and "1 input(s) not images" in err
+    assert len(all_keys(out)) == 1
+
+
+def test_zero_steps_from_a_preset_file_is_refused(images, tmp_path):
+    preset = tmp_path / "zero.yaml"
+    preset.write_text("image_size: 64\nnum_samples: 4\nsteps: 0\n")
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        generate_targets(images, tmp_path / "shards", classifier="tiny-test", preset=str(preset), show_progress=False)
+    assert not (tmp_path / "shards").exists()
+
+
 def test_partial_shards_are_removed_and_concurrent_runs_refused(images, tmp_path):
     out = tmp_path / "shards"
     out.mkdir()
