@@ -52,7 +52,7 @@ def main() -> None:
     p.add_argument("--images", default="../shared/data/imagenet-sample")
     p.add_argument("--split", default="val")
     p.add_argument("--limit", type=int, default=8)
-    p.add_argument("--offset", type=int, default=0, help="skip the first photos of the split (to split a run over processes)")
+    p.add_argument("--offset", type=int, default=0, help="skip the first photos of the split; --limit photos follow (to split a run over processes)")
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--preset", default="cpu")
     p.add_argument("--steps", type=int, help="N (default: the preset's)")
@@ -76,7 +76,7 @@ def main() -> None:
     if args.guard_keep is not None:
         learned.guard = dataclasses.replace(learned.guard, keep=args.guard_keep)
     ckpt = args.checkpoint or "bundled"
-    items = list_images(args.images, args.split)[args.offset : args.limit]
+    items = list_images(args.images, args.split)[args.offset : args.offset + args.limit]
     earlier = [args.out] if args.resume else []
     parts = [c for c in (load_finished(d, steps, ["ones", "learned"]) for d in [*earlier, *args.merge]) if c is not None]
     finished = {name for c in parts for name in c.names}
