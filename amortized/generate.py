@@ -54,6 +54,8 @@ def target_config(classifier: str, preset: RDEConfig, seed: int) -> dict[str, An
     params = preset.to_dict()
     params.pop("name", None)
     params.pop("samples_per_call", None)
+    if params.get("precision") == "32-true":  # float32 targets keep the hash they had before precision existed
+        params.pop("precision")
     layout = MaskLayout.for_wavelet(preset.image_size, preset.image_size, preset.wavelet)
     return {
         "format_version": S.FORMAT_VERSION,

@@ -39,3 +39,16 @@ def float_in(low: float, high: float, high_inclusive: bool = False) -> Callable[
 positive_int = int_at_least(1)
 non_negative_float = float_in(0.0, float("inf"))
 fraction = float_in(0.0, 1.0)
+
+
+# rde.precision.PRECISIONS, repeated so that building the parser imports no torch (a test checks they agree).
+PRECISION_CHOICES = ("32-true", "bf16-mixed", "16-mixed")
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision`` (Lightning's names), passed to the optimizer as a preset override; default: the preset's."""
+    parser.add_argument(
+        "--precision", choices=PRECISION_CHOICES,
+        help="classifier precision: 32-true, bf16-mixed (CPU and CUDA) or 16-mixed (CUDA); mask, Adam and losses "
+        "stay float32 (default: the preset's, 32-true)",
+    )

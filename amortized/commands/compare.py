@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from amortized.commands._args import fraction, positive_int
+from amortized.commands._args import add_precision_argument, fraction, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="keep the images already in OUT/comparison.json (same inits, steps and seed) and run the rest")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_precision_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     from rde.io import ImageLoadError, load_image, preprocess
 
     device = resolve_device(args.device)
-    preset = rde.load_preset(args.preset)
+    preset = rde.load_preset(args.preset).replace(precision=args.precision)
     steps = preset.steps if args.steps is None else args.steps
     if steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")

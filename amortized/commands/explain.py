@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from rde.init import InitSpec
     from rde.layout import MaskLayout
 
-from amortized.commands._args import int_at_least, non_negative_float
+from amortized.commands._args import add_precision_argument, int_at_least, non_negative_float
 
 METHODS = ("cartoonx", "pixel-rde")
 LEARNED_STEPS_FRACTION = 1 / 3  # default refinement after a learned init, relative to the preset's steps
@@ -67,6 +67,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="images optimized together; pays off on a GPU, not on a CPU (default: %(default)s)",
     )
     parser.add_argument("--method", choices=METHODS, default="cartoonx", help="default: %(default)s")
+    add_precision_argument(parser)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -195,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     steps = args.steps
     if steps is None and args.init == "learned":
         steps = max(1, round(preset.steps * LEARNED_STEPS_FRACTION))
-    config = preset.replace(steps=steps, lam=args.lam, num_samples=args.num_samples)
+    config = preset.replace(steps=steps, lam=args.lam, num_samples=args.num_samples, precision=args.precision)
     method_cls = rde.CartoonX if args.method == "cartoonx" else rde.PixelRDE
     size = config.image_size
     layout = create_representation(method_cls.representation_kind, size, size, config.wavelet).layout
