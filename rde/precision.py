@@ -37,7 +37,8 @@ def check_precision_device(precision: str, device: torch.device) -> None:
     if dtype is None:
         return
     problem = None
-    if not torch.amp.is_autocast_available(device.type):
+    available = getattr(torch.amp, "is_autocast_available", None)  # public since torch 2.4
+    if available is not None and not available(device.type):
         problem = f"torch has no autocast for device type {device.type!r}"
     else:
         try:
