@@ -131,13 +131,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"{args.model} on {name}, torch {torch.__version__}; preset {cfg.name}: {cfg.image_size} px, "
           f"L={cfg.num_samples}, N={cfg.steps}; channels_last {args.channels_last}")
     print(f"{'precision':>10} {'B':>4} {'samples/s':>10} {'step s':>8} {'floor s':>8} {'step/floor':>10} {'images/hour':>12}")
-    rows = []
+    rows: list[dict] = []
+
+    def save() -> None:  # after every row: a run stopped by a time limit keeps what it measured
+        if args.json:
+            args.json.write_text(json.dumps({"device": name, "torch": torch.__version__, "model": args.model,
+                                             "rows": rows}, indent=1))
+
     for precision in args.precision:
         for batch in args.batch:
             r = bench(clf, cfg, precision, batch, device, args.steps, args.rounds, channels_last)
             rows.append({"preset": cfg.name, **r})
             print(f"{precision:>10} {batch:>4} {r['samples_per_s']:>10.0f} {r['step_s']:>8.4f} {r['floor_s']:>8.4f} "
                   f"{r['ratio']:>10.3f} {r['images_per_hour']:>12.0f}", flush=True)
+            save()
     if paper is not None and args.paper_steps > 0:
         for precision in args.precision:
             explainer = CartoonX(clf, paper, precision=precision, channels_last=channels_last)
@@ -149,9 +156,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             print(f"preset {paper.name} ({paper.image_size} px, L={paper.num_samples}), {precision}, B={args.paper_batch}: "
                   f"{s:.3f} s/step -> {per_image:.1f} s per image, extrapolated from {len(times)} timed steps to "
                   f"N={paper.steps} (vs {PAPER_SECONDS})", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps({"device": name, "torch": torch.__version__, "model": args.model, "rows": rows},
-                                        indent=1))
+            save()
     return rows
 
 

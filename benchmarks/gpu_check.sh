@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU throughput check of issue 13, in one call on a lent GPU (about 5 minutes; every stage has its own
+# The GPU throughput check of issue 13, in one call on a lent GPU (about 4-5 minutes; every stage has its own
 # time limit, so the whole script ends within 8 minutes and keeps what finished). See docs/gpu.md.
 #
 #   benchmarks/gpu_check.sh prepare   # HERE, once per checkout (CPU, needs the package registry): wheels the
@@ -10,7 +10,7 @@
 # Stages (output under $OUT, at most 8 files): env.txt, gpu_check.log (all stages' output), bench_step.json
 # (32-true / bf16-mixed / 16-mixed x B = 16, 64, 128 at the cpu preset, and the paper preset's s/image),
 # parity.json (bf16-mixed vs 32-true on 16 photos, 300 steps), generate_manifest.json (`cartoonx generate
-# --precision bf16-mixed` on 384 photos: images/hour), bench_channels_last_off.json (B=64 without channels_last).
+# --precision bf16-mixed` on 256 photos, B=128: images/hour), bench_channels_last_off.json (B=64 without channels_last).
 set -u
 cd "$(dirname "$0")/.."
 CARRY=outputs/gpu_carry
@@ -59,9 +59,9 @@ else
   DEVICE=cuda ACCEL=gpu
   BENCH="--precision 32-true,bf16-mixed,16-mixed --batch 16,64,128 --steps 10 --rounds 2 --paper-batch 8 --paper-steps 4"
   PARITY="--limit 16 --batch 16"
-  GEN="--batch-size 128 --limit 384 --shard-size 128"
+  GEN="--batch-size 128 --limit 256 --shard-size 128"
   CL="--precision 32-true,bf16-mixed --batch 64 --steps 10 --rounds 2 --paper-preset="
-  T_BENCH=150 T_PARITY=90 T_GEN=170 T_CL=45
+  T_BENCH=130 T_PARITY=80 T_GEN=160 T_CL=40  # with install (45) and set-up: < 480 s in all
 fi
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
@@ -77,7 +77,7 @@ if [ -d "$CARRY/whl" ]; then
   SITE=$(mktemp -d /tmp/gpu_check_site.XXXXXX)
   PIPI="$PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $SITE"
   if $PY -c "import sys; sys.exit(sys.version_info[:2] != (3, 12))"; then
-    timeout 90 $PIPI "$CARRY"/whl/*.whl >> "$LOG" 2>&1 && export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" \
+    timeout 45 $PIPI "$CARRY"/whl/*.whl >> "$LOG" 2>&1 && export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" \
       || echo "wheel install failed" | tee -a "$LOG"
   else  # not the GPU image's Python 3.12 (a tiny run here): check that the set installs there, use this one's packages
     timeout 90 $PIPI --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
