@@ -34,6 +34,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from tqdm.auto import tqdm
 
 import rde
+from rde.io import check_output_dir
 from amortized import shards as S
 from amortized.datasets import ImageItem, key_fraction, key_seed, list_images, report_to_stderr
 from amortized.generate_data import GenerateDataModule, failure_record
@@ -53,6 +54,8 @@ def target_config(classifier: str, preset: RDEConfig, seed: int) -> dict[str, An
     params = preset.to_dict()
     params.pop("name", None)
     params.pop("samples_per_call", None)
+    if params.get("precision") == "32-true":  # float32 targets keep the hash they had before precision existed
+        params.pop("precision")
     layout = MaskLayout.for_wavelet(preset.image_size, preset.image_size, preset.wavelet)
     return {
         "format_version": S.FORMAT_VERSION,
@@ -323,7 +326,7 @@ def generate_targets(
         raise ValueError(f"steps must be at least 1 for targets, got {cfg.steps} (0 steps would store the all-ones start)")
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
-    out_dir = S.check_output_dir(out_dir)
+    out_dir = check_output_dir(out_dir)
     problems: list[str] = []
 
     def on_problem(message: str) -> None:

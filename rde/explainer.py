@@ -20,6 +20,7 @@ from rde.explanation import HISTORY_KEYS, Explanation
 from rde.init import InitSpec, make_initial_mask
 from rde.io import check_images
 from rde.obfuscation import Obfuscation
+from rde.precision import LossScale, autocast, check_precision_device
 from rde.presets import RDEConfig, load_preset
 from rde.representation import Representation, create_representation, greyscale
 
@@ -37,16 +38,27 @@ class RDE:
             [0, 1] images to logits. It is frozen and put in eval mode.
         preset: a preset name (``cpu``, ``paper``, ``tiny``), a YAML path or an :class:`RDEConfig`.
             Default: ``cpu``.
-        **overrides: fields of :class:`RDEConfig` to change (``lam=10``, ``num_samples=32``, ...).
+        channels_last: run a convolutional classifier in the channels-last memory format (faster convolutions
+            on tensor cores). ``None`` (default): on CUDA when the classifier has a ``Conv2d``; never on CPU.
+        **overrides: fields of :class:`RDEConfig` to change (``lam=10``, ``precision="bf16-mixed"``, ...).
     """
 
     representation_kind = "wavelet"
     method = "rde"
 
-    def __init__(self, classifier: Classifier | nn.Module | str, preset: str | RDEConfig = "cpu", **overrides: Any):
+    def __init__(
+        self,
+        classifier: Classifier | nn.Module | str,
+        preset: str | RDEConfig = "cpu",
+        *,
+        channels_last: bool | None = None,
+        **overrides: Any,
+    ):
         self.classifier = as_classifier(classifier)
         self.config = load_preset(preset).replace(**overrides)
+        self.channels_last = channels_last
         self._representations: dict[tuple, Representation] = {}
+        self._is_convolutional = any(isinstance(m, nn.Conv2d) for m in self.classifier.modules())
 
     # -- public -------------------------------------------------------------------------------------
     def representation(self, height: int, width: int, device: torch.device) -> Representation:
@@ -92,6 +104,7 @@ class RDE:
             raise ValueError(f"steps must be a non-negative int, got {steps!r}")
         device = images.device
         self._check_device(device)
+        check_precision_device(cfg.precision, device)
         batch, _, height, width = images.shape
         rep = self.representation(height, width, device)
         layout = rep.layout
@@ -100,7 +113,7 @@ class RDE:
         # Inits draw from their own streams, so every init sees the same optimization noise for a seed.
         init_generators = [torch.Generator(device=device).manual_seed((int(s) + INIT_SEED_OFFSET) % 2**63) for s in seeds]
 
-        with torch.no_grad():
+        with torch.no_grad():  # the explained class and its probability come from the float32 classifier
             reference = self.classifier(images).softmax(-1)
             predicted = reference.argmax(-1)
             targets = _resolve_targets(target, batch, reference.shape[-1], predicted)
@@ -126,19 +139,23 @@ class RDE:
         optimizer = torch.optim.Adam([mask], lr=cfg.lr)
         history = {k: torch.zeros(batch, steps, device=device) for k in HISTORY_KEYS}
         distortion_fn = get_distortion(cfg.distortion)
+        loss_scale = LossScale(cfg.precision)
 
         for step in tqdm(range(steps), desc=f"{self.method} x{batch}", disable=not show_progress, leave=False):
-            optimizer.zero_grad(set_to_none=True)
             samples = noise.sample(cfg.num_samples, generators)
-            distortion = torch.zeros(batch, device=device)
-            for b in range(0, batch, images_per_call):
-                rows = slice(b, b + images_per_call)
-                for start in range(0, cfg.num_samples, chunk):
-                    part = samples[rows, start : start + chunk]
-                    logits = self._classify_obfuscations(rep, coefficients[rows], part, mask[rows])
-                    d = distortion_fn(distortion_reference[rows], logits, targets[rows]).sum(1) / cfg.num_samples
-                    d.sum().backward()
-                    distortion[rows] += d.detach()
+            while True:  # more than once only when 16-mixed's loss scale overflowed: recompute at half the scale
+                optimizer.zero_grad(set_to_none=True)
+                distortion = torch.zeros(batch, device=device)
+                for b in range(0, batch, images_per_call):
+                    rows = slice(b, b + images_per_call)
+                    for start in range(0, cfg.num_samples, chunk):
+                        part = samples[rows, start : start + chunk]
+                        logits = self._classify_obfuscations(rep, coefficients[rows], part, mask[rows])
+                        d = distortion_fn(distortion_reference[rows], logits, targets[rows]).sum(1) / cfg.num_samples
+                        (d.sum() * loss_scale.scale if loss_scale.enabled else d.sum()).backward()
+                        distortion[rows] += d.detach()
+                if mask.grad is None or loss_scale.unscale(mask.grad):
+                    break
             sparsity, spatial = self._regularizers(rep, grey_coefficients, mask)
             regularizer = cfg.lam * sparsity + cfg.spatial_weight * spatial
             regularizer.sum().backward()
@@ -176,6 +193,8 @@ class RDE:
                 "init": init if isinstance(init, str) else "tensor",
                 "seeds": [int(s) for s in seeds],
                 "distortion": cfg.distortion,
+                "precision": cfg.precision,
+                "channels_last": self._use_channels_last(device),
             },
             class_names=[self.classifier.class_name(int(t)) for t in targets],
         )
@@ -254,12 +273,29 @@ class RDE:
         return self._classify_obfuscations(rep, coefficients, zeros, ones).softmax(-1)[:, 0]
 
     def _classify_obfuscations(self, rep: Representation, coefficients: Tensor, noise: Tensor, mask: Tensor) -> Tensor:
-        """Logits ``(B, l, K)`` of ``clamp(f(h * s + (1 - s) * v))`` for noise ``v`` of shape ``(B, l, C, k)``."""
+        """Float32 logits ``(B, l, K)`` of ``clamp(f(h * s + (1 - s) * v))`` for noise ``v`` of shape ``(B, l, C, k)``.
+
+        Only the classifier runs in the preset's precision (under autocast); its logits are cast back to float32
+        before any softmax, so the distortion and everything after it is float32."""
         batch, num, channels, k = noise.shape
         m = mask.view(batch, 1, 1, k)
         obfuscated = coefficients.unsqueeze(1) * m + (1.0 - m) * noise
         pixels = rep.decode(obfuscated.reshape(batch * num, channels, k)).clamp(0.0, 1.0)
-        return self.classifier(pixels).view(batch, num, -1)
+        if self._use_channels_last(pixels.device):
+            pixels = pixels.contiguous(memory_format=torch.channels_last)
+        with autocast(self.config.precision, pixels.device):
+            logits = self.classifier(pixels)
+        return logits.float().view(batch, num, -1)
+
+    def _use_channels_last(self, device: torch.device) -> bool:
+        """Whether the classifier runs channels-last on ``device``; converts its weights once when it does."""
+        wanted = self.channels_last if self.channels_last is not None else device.type == "cuda"
+        if not (wanted and self._is_convolutional):
+            return False
+        if not getattr(self.classifier, "_rde_channels_last", False):
+            self.classifier.to(memory_format=torch.channels_last)
+            self.classifier._rde_channels_last = True
+        return True
 
     def _still_predicts(self, rep, coefficients, noise, mask, targets, generators) -> Tensor:
         """For the pre-optimization heuristic: does the mean prediction under ``mask`` stay the target?"""

@@ -1,4 +1,5 @@
-"""Reading images from disk into [0, 1] tensors, with errors that name the file at fault."""
+"""Disk I/O: images into [0, 1] tensors with errors that name the file at fault, and output folders checked
+before any work starts."""
 
 from __future__ import annotations
 
@@ -116,3 +117,30 @@ def check_images(images: Tensor, name: str = "images") -> None:
     lo, hi = float(images.min()), float(images.max())
     if lo < -1e-6 or hi > 1 + 1e-6:
         raise ValueError(f"{name} must lie in [0, 1] (pixels, not normalized), got range [{lo:.3g}, {hi:.3g}]")
+
+
+class OutputDirError(ValueError):
+    """An output folder that cannot be used (a file, under a file, not writable); the message names it."""
+
+
+def check_output_dir(path: str | Path, create: bool = False, option: str = "--out") -> Path:
+    """Refuse, before any work starts, an output folder that is a file, lies under a file, or cannot be
+    written; create it only if ``create`` (so that a run refused later leaves no empty folder behind).
+
+    Raises:
+        OutputDirError: one line naming ``option`` and the folder at fault.
+    """
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise OutputDirError(f"{option} {path}: exists and is not a folder")
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise OutputDirError(f"{option} {path}: {existing} is a file, so no folder can be made under it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputDirError(f"{option} {path}: {existing} is not writable")
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputDirError(f"{option} {path}: cannot create the folder ({e.strerror or e})") from None
+    return path

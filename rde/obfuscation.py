@@ -42,9 +42,15 @@ class Obfuscation:
         self.std = std[:, index].unsqueeze(1)
 
     def sample(self, num_samples: int, generators: Sequence[torch.Generator]) -> Tensor:
+        """``(B, L, C, k)`` noise; image ``b`` draws from ``generators[b]`` alone, so a batch gives each image the
+        values it gets alone. One buffer is filled in place: one RNG kernel per image (each image's own stream,
+        exactly ``torch.randn``'s) and two in-place kernels for the whole batch's affine map; no per-image tensors, no stack copy."""
         batch = self.mean.shape[0]
+        if len(generators) != batch:
+            raise ValueError(f"{len(generators)} noise generators for a batch of {batch} images")
+        z = self.mean.new_empty(batch, num_samples, self.channels, self.num_entries)
         if self.name == "zero":
-            return self.mean.new_zeros(batch, num_samples, self.channels, self.num_entries)
-        shape = (num_samples, self.channels, self.num_entries)
-        z = torch.stack([torch.randn(shape, generator=g, device=self.mean.device) for g in generators])
-        return self.mean.unsqueeze(1) + self.std.unsqueeze(1) * z
+            return z.zero_()
+        for row, generator in zip(z, generators):
+            row.normal_(generator=generator)
+        return z.mul_(self.std.unsqueeze(1)).add_(self.mean.unsqueeze(1))  # bitwise mean + std * z

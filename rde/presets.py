@@ -12,6 +12,7 @@ import yaml
 from rde.configs import config_path, list_configs
 from rde.distortion import DISTORTIONS
 from rde.obfuscation import OBFUSCATIONS
+from rde.precision import DEFAULT_PRECISION, check_precision_name
 from rde.wavelets import WaveletConfig
 
 
@@ -31,6 +32,8 @@ class RDEConfig:
         wavelet: the DWT (CartoonX only).
         samples_per_call: most obfuscations per classifier call; ``None`` puts all B*L in one call.
             Smaller values save memory and give the same result.
+        precision: ``32-true`` (default), ``bf16-mixed`` or ``16-mixed`` (Lightning's names): the classifier's
+            forward and backward under autocast; mask, Adam state and losses stay float32 (see :mod:`rde.precision`).
     """
 
     image_size: int = 128
@@ -43,6 +46,7 @@ class RDEConfig:
     spatial_weight: float = 0.0
     wavelet: WaveletConfig = field(default_factory=WaveletConfig)
     samples_per_call: int | None = None
+    precision: str = DEFAULT_PRECISION
     name: str = "custom"
 
     def __post_init__(self) -> None:
@@ -62,6 +66,7 @@ class RDEConfig:
             raise ValueError(f"unknown obfuscation {self.obfuscation!r}; choose one of {', '.join(OBFUSCATIONS)}")
         if self.samples_per_call is not None and self.samples_per_call < 1:
             raise ValueError(f"samples_per_call must be positive or None, got {self.samples_per_call!r}")
+        check_precision_name(self.precision)
 
     def replace(self, **changes: Any) -> RDEConfig:
         """Copy with some fields changed; ``None`` values are ignored (convenient for CLI overrides)."""

@@ -6,7 +6,6 @@ Both map images ``(B, C, H, W)`` to flat coefficients ``(B, C, k)`` in the order
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from rde.layout import MaskLayout

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Callable
 
@@ -43,29 +42,20 @@ non_negative_float = float_in(0.0, float("inf"))
 fraction = float_in(0.0, 1.0)
 
 
-class OutputDirError(ValueError):
-    """An output folder that cannot be used; raised before any work starts."""
-
-
-def check_output_dir(path: Path, option: str = "--out") -> None:
-    """Refuse an output folder that is a file, lies under a file, or cannot be created or written.
-
-    Creates nothing, so that a run refused later for another reason leaves no empty folder behind.
-    """
-    if path.exists() and not path.is_dir():
-        raise OutputDirError(f"{option} {path}: exists and is not a folder")
-    existing = path
-    while not existing.exists():  # the nearest existing ancestor must be a writable folder
-        if existing.parent == existing:
-            break
-        existing = existing.parent
-    if existing.exists() and not existing.is_dir():
-        raise OutputDirError(f"{option} {path}: {existing} is a file, so no folder can be made under it")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputDirError(f"{option} {path}: {existing} is not writable")
-
-
 def outside(paths: list[Path], folder: Path) -> list[Path]:
     """``paths`` without those inside ``folder``: a folder input that holds --out must not feed on its outputs."""
     folder = folder.resolve()
     return [p for p in paths if folder not in p.resolve().parents]
+
+
+# rde.precision.PRECISIONS, repeated so that building the parser imports no torch (a test checks they agree).
+PRECISION_CHOICES = ("32-true", "bf16-mixed", "16-mixed")
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision`` (Lightning's names), passed to the optimizer as a preset override; default: the preset's."""
+    parser.add_argument(
+        "--precision", choices=PRECISION_CHOICES,
+        help="classifier precision: 32-true, bf16-mixed (CPU and CUDA) or 16-mixed (CUDA); mask, Adam and losses "
+        "stay float32 (default: the preset's, 32-true)",
+    )

@@ -20,7 +20,9 @@ import os
 import sys
 from pathlib import Path
 
-from amortized.commands._args import OutputDirError, check_output_dir, fraction, outside, positive_int
+from amortized.commands._args import (
+    add_precision_argument, fraction, outside, positive_int,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="keep the images already in OUT/comparison.json (same inits, steps and seed) and run the rest")
     again.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in OUT")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    add_precision_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -55,10 +58,10 @@ def run(args: argparse.Namespace) -> int:
     from amortized.commands.explain import resolve_device
     from amortized.compare import Comparison, compare_inits, load_finished, plot_comparison
     from rde.init import parse_init
-    from rde.io import ImageLoadError, load_image, preprocess
+    from rde.io import ImageLoadError, OutputDirError, check_output_dir, load_image, preprocess
 
     device = resolve_device(args.device)
-    preset = rde.load_preset(args.preset)
+    preset = rde.load_preset(args.preset).replace(precision=args.precision)
     steps = preset.steps if args.steps is None else args.steps
     if steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")

@@ -26,7 +26,9 @@ if TYPE_CHECKING:
     from rde.init import InitSpec
     from rde.layout import MaskLayout
 
-from amortized.commands._args import OutputDirError, check_output_dir, int_at_least, non_negative_float, outside
+from amortized.commands._args import (
+    add_precision_argument, int_at_least, non_negative_float, outside,
+)
 
 METHODS = ("cartoonx", "pixel-rde")
 LEARNED_STEPS_FRACTION = 1 / 3  # default refinement after a learned init, relative to the preset's steps
@@ -73,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="images optimized together; pays off on a GPU, not on a CPU (default: %(default)s)",
     )
     parser.add_argument("--method", choices=METHODS, default="cartoonx", help="default: %(default)s")
+    add_precision_argument(parser)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -145,6 +148,8 @@ def output_stems(paths: list[Path]) -> list[str]:
 
 def check_no_earlier_outputs(out: Path, stems: list[str]) -> None:
     """Refuse to replace the figure, mask or metadata that an earlier run wrote for any of ``stems``."""
+    from rde.io import OutputDirError
+
     taken = [s for s in stems if any((out / f"{s}{ext}").exists() for ext in OUTPUT_SUFFIXES)]
     if taken:
         shown = ", ".join(taken[:3]) + (f" and {len(taken) - 3} more" if len(taken) > 3 else "")
@@ -184,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
 
     import rde
     from amortized.datasets import find_images
+    from rde.io import check_output_dir
     from rde.plotting import plot_explanation
     from rde.representation import create_representation
 
@@ -192,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
     steps = args.steps
     if steps is None and args.init == "learned":
         steps = max(1, round(preset.steps * LEARNED_STEPS_FRACTION))
-    config = preset.replace(steps=steps, lam=args.lam, num_samples=args.num_samples)
+    config = preset.replace(steps=steps, lam=args.lam, num_samples=args.num_samples, precision=args.precision)
     method_cls = rde.CartoonX if args.method == "cartoonx" else rde.PixelRDE
     size = config.image_size
     layout = create_representation(method_cls.representation_kind, size, size, config.wavelet).layout

@@ -22,7 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from amortized.commands._args import fraction, positive_int
+from amortized.commands._args import add_precision_argument, fraction, positive_int
 
 
 def _devices(text: str) -> int | str:
@@ -63,6 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=0, help="image-loading workers per rank (default: 0)")
     parser.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    add_precision_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -100,6 +101,7 @@ def _run(args: argparse.Namespace) -> int:
         "lr": args.lr,
         "image_size": args.image_size,
         "samples_per_call": args.samples_per_call,
+        "precision": args.precision,
     }
     summary = generate_targets(
         args.inputs,

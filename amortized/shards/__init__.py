@@ -23,7 +23,6 @@ decoding, sample checks), :mod:`.manifest` (manifest, failure records, provenanc
 
 from amortized.shards.directory import (
     ShardIndex,
-    check_output_dir,
     drop_bad_samples,
     open_for_writing,
     open_shard_dir,
@@ -47,7 +46,6 @@ from amortized.shards.naming import (
     MANIFEST,
     ConfigMismatchError,
     CorruptShardError,
-    OutputDirError,
     ShardName,
     config_diff,
     config_hash,
@@ -77,8 +75,8 @@ from amortized.shards.writer import MTIME, AtomicShardWriter, make_sample, rewri
 
 __all__ = [
     "AtomicShardWriter", "CURVE_NAMES", "ConfigMismatchError", "CorruptShardError", "FIELDS", "FORMAT",
-    "FORMAT_VERSION", "MANIFEST", "MTIME", "NUM_CLASSES", "OutputDirError", "SampleError", "SampleSpec",
-    "ShardIndex", "ShardName", "append_failures", "build_manifest", "cached_shard_keys", "check_output_dir",
+    "FORMAT_VERSION", "MANIFEST", "MTIME", "NUM_CLASSES", "SampleError", "SampleSpec",
+    "ShardIndex", "ShardName", "append_failures", "build_manifest", "cached_shard_keys", 
     "check_sample", "checked_samples", "config_diff", "config_hash", "config_hashes", "decode_sample",
     "drop_bad_samples", "failure_log", "is_partial_shard", "list_shards", "load_failures", "make_sample",
     "next_shard_index", "open_for_writing", "open_shard_dir", "package_version", "parse_shard_name",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,13 +14,14 @@ from amortized.shards.naming import (
     MANIFEST,
     ConfigMismatchError,
     CorruptShardError,
-    OutputDirError,
     config_diff,
     config_hash,
     config_hashes,
     list_shards,
     remove_partial_shards,
 )
+from rde.io import check_output_dir
+
 from amortized.shards.reader import SampleSpec, cached_shard_keys, checked_samples
 from amortized.shards.writer import rewrite_shard
 
@@ -149,28 +149,6 @@ def verify_shards(shard_dir: str | Path) -> tuple[ShardIndex, list[str]]:
         problems.append(f"{shard_dir}/{MANIFEST} is stale ({sum(listed.values())} samples listed, "
                         f"{sum(actual.values())} in shards); rerun generate to refresh it")
     return index, problems
-
-
-def check_output_dir(out_dir: str | Path, create: bool = False) -> Path:
-    """Check, before any work starts, that shards can be written to ``out_dir`` (created if ``create``).
-
-    Raises:
-        OutputDirError: it is an existing file, cannot be created, or is not writable.
-    """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputDirError(f"{out_dir}: is an existing file, not a shard directory; choose another output directory")
-    existing = next(p for p in (out_dir, *out_dir.absolute().parents) if p.exists())
-    if not existing.is_dir():
-        raise OutputDirError(f"{out_dir}: cannot be created, {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputDirError(f"{out_dir}: not writable ({existing} is not writable)")
-    if create:
-        try:
-            out_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OutputDirError(f"{out_dir}: cannot create the output directory ({e.strerror or e})") from None
-    return out_dir
 
 
 def drop_bad_samples(path: Path, spec: SampleSpec) -> tuple[str, ...]:

@@ -28,10 +28,6 @@ class ConfigMismatchError(ValueError):
     """A shard directory holding targets made with a different configuration."""
 
 
-class OutputDirError(ValueError):
-    """An output directory that cannot be used (a file, or not writable); the message names it."""
-
-
 # -- configuration --------------------------------------------------------------------------------------
 def config_hash(config: dict[str, Any]) -> str:
     """Short stable hash of a JSON-serializable target configuration (10 hex digits)."""

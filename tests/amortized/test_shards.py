@@ -13,6 +13,7 @@ import pytest
 
 from amortized import shards as S
 from amortized.datasets import split_of
+from rde.io import OutputDirError
 from tests.amortized.conftest import (
     K,
     corrupt_png,
@@ -265,7 +266,7 @@ def test_open_for_writing_refuses_other_configs_and_files(tmp_path):
         S.open_for_writing(tmp_path / "d", other)
     (tmp_path / "file").write_text("x")
     for out in (tmp_path / "file", tmp_path / "file" / "sub"):
-        with pytest.raises(S.OutputDirError, match="file"):
+        with pytest.raises(OutputDirError, match="file"):
             S.open_for_writing(out, fake_config())
     assert S.open_for_writing(tmp_path / "new" / "dir", fake_config()) == set()
 

@@ -145,6 +145,25 @@ def test_batch_equals_one_at_a_time(tiny_classifier, method):
         assert single.targets.item() == batch.targets[i].item()
 
 
+def test_batched_noise_is_each_images_own_torch_randn_stream():
+    """The whole batch's noise is filled in one buffer, yet image b's values are bitwise what
+    ``mean_b + std_b * torch.randn(shape, generator=g_b)`` gives alone (the streams of earlier versions)."""
+    from rde.obfuscation import Obfuscation
+
+    layout = MaskLayout.for_wavelet(SIZE, SIZE)
+    coefficients = torch.randn(3, 3, layout.num_entries, generator=torch.Generator().manual_seed(5))
+    noise = Obfuscation("adaptive-gaussian", coefficients, layout)
+    seeds = [7, 8, 7]
+    batch = noise.sample(4, [torch.Generator().manual_seed(s) for s in seeds])
+    for b, s in enumerate(seeds):
+        z = torch.randn((4, 3, layout.num_entries), generator=torch.Generator().manual_seed(s))
+        assert torch.equal(batch[b], noise.mean[b] + noise.std[b] * z)
+    other = noise.mean[1] + noise.std[1] * torch.randn((4, 3, layout.num_entries), generator=torch.Generator().manual_seed(7))
+    assert not torch.allclose(batch[1], other)  # image 1 really draws from its own seed
+    with pytest.raises(ValueError, match="2 noise generators for a batch of 3 images"):
+        noise.sample(4, [torch.Generator(), torch.Generator()])
+
+
 def test_samples_per_call_chunking_gives_the_same_result(tiny_classifier):
     x = images()
     whole = CartoonX(tiny_classifier, preset="tiny").explain(x, seed=[1, 2], steps=5)

@@ -24,7 +24,7 @@ def test_ones_curve_reaches_itself_at_n():
 
 
 def test_step_function_reach():
-    n, w = 50, 10
+    w = 10
     ref = torch.tensor([1.0])
     # 3.0 at indices 0..19, then 0.5. The window ending at index t holds 29 - t values of 3.0; the mean
     # (3*2 + 0.5*8)/10 = 1.0 first reaches the reference with 2 of them, at index 27, i.e. step 28.
