@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from amortized import shards as S
 from amortized.datasets import ImageItem
-from rde.io import load_image, preprocess
+from rde.io import check_output_dir, load_image, preprocess
 
 LOCK_NAME = ".generate.lock"
 
@@ -104,7 +104,7 @@ class GenerateDataModule(L.LightningDataModule):
         trainer = self.trainer
         state = None
         if trainer.global_rank == 0:
-            S.check_output_dir(self.out_dir, create=True)
+            check_output_dir(self.out_dir, create=True)
             self._lock = _DirLock(self.out_dir)
             done = S.open_for_writing(self.out_dir, self.config)
             pending = [i for i in self.items if i.key not in done]

@@ -123,24 +123,25 @@ class OutputDirError(ValueError):
     """An output folder that cannot be used (a file, under a file, not writable); the message names it."""
 
 
-def check_output_dir(path: str | Path, create: bool = False, option: str = "--out") -> Path:
+def check_output_dir(path: str | Path, create: bool = False, option: str | None = None) -> Path:
     """Refuse, before any work starts, an output folder that is a file, lies under a file, or cannot be
     written; create it only if ``create`` (so that a run refused later leaves no empty folder behind).
 
     Raises:
-        OutputDirError: one line naming ``option`` and the folder at fault.
+        OutputDirError: one line naming the folder at fault (after ``option``, e.g. ``--out``, if given).
     """
     path = Path(path)
+    name = f"{option} {path}" if option else str(path)
     if path.exists() and not path.is_dir():
-        raise OutputDirError(f"{option} {path}: exists and is not a folder")
+        raise OutputDirError(f"{name}: exists and is not a folder")
     existing = next(p for p in (path, *path.absolute().parents) if p.exists())
     if not existing.is_dir():
-        raise OutputDirError(f"{option} {path}: {existing} is a file, so no folder can be made under it")
+        raise OutputDirError(f"{name}: {existing} is a file, so no folder can be made under it")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputDirError(f"{option} {path}: {existing} is not writable")
+        raise OutputDirError(f"{name}: {existing} is not writable")
     if create:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise OutputDirError(f"{option} {path}: cannot create the folder ({e.strerror or e})") from None
+            raise OutputDirError(f"{name}: cannot create the folder ({e.strerror or e})") from None
     return path

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         if label != "learned":
             parse_init(label)
 
-    check_output_dir(args.out)
+    check_output_dir(args.out, option="--out")
     done = load_finished(args.out, steps, labels) if args.resume else None
     if (args.out / "comparison.json").exists() and not (args.resume or args.overwrite):
         raise OutputDirError(

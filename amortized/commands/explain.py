@@ -204,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
     layout = create_representation(method_cls.representation_kind, size, size, config.wavelet).layout
     if args.init != "learned":
         init_for = resolve_init(args.init, layout, args)  # bad --init values fail before any work
-    check_output_dir(args.out)
+    check_output_dir(args.out, option="--out")
 
     failed = 0
 
