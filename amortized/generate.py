@@ -118,7 +118,7 @@ class TargetGenerator(L.LightningModule):
         self.provenance: dict[str, Any] | None = None
 
     def on_predict_start(self) -> None:
-        self.provenance = S.provenance(self.device, self.dtype, str(self.trainer.precision))
+        self.provenance = S.provenance(self.device, self.preset.precision)
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         out = {"samples": [], "failed": list(batch["failed"])}

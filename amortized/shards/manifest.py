@@ -59,17 +59,21 @@ def package_version() -> str:
         return rde.__version__
 
 
-def provenance(device: Any, dtype: Any, precision: str | None = None) -> dict[str, Any]:
-    """Where targets were computed. CPU and CUDA noise generators give different masks for one seed, so
-    every sample and the manifest record the device, dtype, Lightning precision and library versions."""
+def provenance(device: Any, precision: str = "32-true") -> dict[str, Any]:
+    """Where and how targets were computed. CPU and CUDA noise generators give different masks for one seed,
+    so every sample and the manifest record the device, the precision (the mask, Adam and losses are always
+    float32, ``dtype``; the classifier runs in ``classifier_dtype``) and the library versions."""
     import torch
+
+    from rde.precision import autocast_dtype
 
     device = torch.device(device)
     out: dict[str, Any] = {"device": str(device)}
     if device.type == "cuda":
         out["device_name"] = torch.cuda.get_device_name(device)
-    out.update(dtype=str(dtype).removeprefix("torch."), precision=precision, torch=torch.__version__,
-               package=package_version())
+    classifier_dtype = autocast_dtype(precision) or torch.float32
+    out.update(dtype="float32", precision=precision, classifier_dtype=str(classifier_dtype).removeprefix("torch."),
+               torch=torch.__version__, package=package_version())
     return out
 
 

@@ -29,7 +29,8 @@ REPO = Path(__file__).resolve().parents[2]
 WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361", "n01494475", "n01496331", "n01498041",
          "n01514668", "n01514859", "n01518878", "n01530575", "n01531178"]
 TINY = dict(classifier="tiny-test", preset="tiny", show_progress=False)
-PROVENANCE = {"device": "cpu", "dtype": "float32", "precision": "32-true", "torch": torch.__version__,
+PROVENANCE = {"device": "cpu", "dtype": "float32", "precision": "32-true", "classifier_dtype": "float32",
+              "torch": torch.__version__,
               "package": importlib.metadata.version("fastcartoonx")}
 
 
@@ -110,6 +111,15 @@ def test_sample_contents(images, generated):
         assert meta["provenance"] == PROVENANCE
         expected = (preprocess(load_image(items[key].path), 64) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
         assert np.array_equal(s["image"], expected)  # lossless
+
+
+def test_provenance_records_a_mixed_precision(images, tmp_path):
+    out = tmp_path / "bf16"
+    generate_targets(images, out, limit=1, precision="bf16-mixed", **TINY)
+    expected = {**PROVENANCE, "precision": "bf16-mixed", "classifier_dtype": "bfloat16"}
+    assert json.loads((out / "manifest.json").read_text())["provenance"] == [expected]
+    (sample,) = samples_by_key(out).values()
+    assert sample["meta"]["provenance"] == expected and sample["meta"]["preset"]["precision"] == "bf16-mixed"
 
 
 def test_masks_are_the_exact_optimizer_per_image(images, generated):
