@@ -19,7 +19,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +27,9 @@ from torch import Tensor
 
 from rde import CartoonX
 from rde.init import InitSpec
+from rde.presets import RDEConfig
 from rde.metrics import collapsed, loss_at, rate_distortion_curve, reference_level, steps_to_reach
+from rde.io import write_json_atomic
 from rde.plotting import loss_curves_figure, per_image_loss_figure, side_by_side_figure
 
 InitFactory = Callable[[Tensor], Tensor]
@@ -61,6 +63,8 @@ class Comparison:
     runs: dict[str, InitRun]
     window: int = 10
     images: Tensor | None = None  # (B, 3, H, W) inputs, for the explanation figure
+    settings: dict[str, Any] = field(default_factory=dict)  # what made the curves (classifier, preset, seed,
+    # checkpoint): saved, and a resumed or merged comparison must match it
 
     @staticmethod
     def concat(parts: Sequence[Comparison]) -> Comparison:
@@ -83,14 +87,19 @@ class Comparison:
                 torch.cat([r.cost() for r in rs]),
             )
         images = _cat_or_none([p.images for p in parts])
-        return Comparison([n for p in parts for n in p.names], first.steps, runs, first.window, images)
+        settings = next((p.settings for p in parts if p.settings), {})
+        return Comparison([n for p in parts for n in p.names], first.steps, runs, first.window, images, settings)
 
     @staticmethod
     def load(path: str | Path) -> Comparison:
         """Read back what :meth:`save` wrote to ``comparison.json`` (curves, flags, times; not masks or images),
         so that a long comparison can resume and be concatenated with new images."""
-        data = json.loads(Path(path).read_text())
-        names, runs = data["images"], {}
+        try:
+            data = json.loads(Path(path).read_text())
+            names, runs = data["images"], {}
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a readable comparison ({type(e).__name__}: {e}); "
+                             "use --overwrite or another --out") from None
         for init, curves in data["curves"].items():
             rows = {r["image"]: r for r in data["per_image"] if r["init"] == init}
             if len(rows) != len(names):
@@ -109,7 +118,7 @@ class Comparison:
                 start_cost=torch.tensor([float(r.get("start_steps", 0.0)) for r in rows], dtype=torch.float64),
             )
         _set_steps_to_reach(runs, data["window"])
-        return Comparison(names, data["steps"], runs, data["window"])
+        return Comparison(names, data["steps"], runs, data["window"], settings=data.get("settings", {}))
 
     def per_image_rows(self) -> list[dict]:
         rows = []
@@ -181,8 +190,9 @@ class Comparison:
             "per_image": self.per_image_rows(),
             "curves": curves,
             "rate_distortion": rd,
+            "settings": self.settings,
         }
-        paths["json"].write_text(json.dumps(payload, indent=1))
+        write_json_atomic(paths["json"], payload)  # an interruption never leaves half a file to resume from
         return paths
 
     def format_table(self) -> str:
@@ -199,8 +209,20 @@ class Comparison:
         return "\n".join(lines)
 
 
-def load_finished(out: str | Path, steps: int, inits: Sequence[str]) -> Comparison | None:
-    """The comparison an interrupted run left in ``out``, if any; refused if its steps or inits differ."""
+def comparison_settings(classifier: str, preset: RDEConfig, seed: int, checkpoint: str | None) -> dict[str, Any]:
+    """What decides a comparison's curves besides the images, inits and steps, flat so that a mismatch reads in
+    one line: the classifier, the preset's fields (its name and step count aside), the seed and the learned
+    start's checkpoint (``"bundled"``, a path, or ``None`` without a learned start)."""
+    fields = {f"preset.{k}": v for k, v in preset.to_dict().items() if k not in ("name", "steps")}
+    settings = {"classifier": classifier, **fields, "seed": int(seed), "checkpoint": checkpoint}
+    return json.loads(json.dumps(settings))  # as it reads back from comparison.json (tuples become lists)
+
+
+def load_finished(
+    out: str | Path, steps: int, inits: Sequence[str], settings: dict[str, Any] | None = None
+) -> Comparison | None:
+    """The comparison an interrupted run left in ``out``, if any; refused if its steps, inits or ``settings``
+    (classifier, preset, seed, checkpoint: whatever the caller records) differ."""
     path = Path(out) / "comparison.json"
     if not path.exists():
         return None
@@ -211,6 +233,11 @@ def load_finished(out: str | Path, steps: int, inits: Sequence[str]) -> Comparis
             f"{path} holds a comparison of {list(done.runs)} over {done.steps} steps, not {expected} over {steps}; "
             "use another --out, or --overwrite instead of --resume to replace it"
         )
+    if settings is not None and done.settings and done.settings != settings:  # files from before settings: as is
+        keys = sorted(k for k in {*settings, *done.settings} if settings.get(k) != done.settings.get(k))
+        changes = "; ".join(f"{k}: {done.settings.get(k)!r} -> {settings.get(k)!r}" for k in keys)
+        raise ValueError(f"{path} was made with other settings ({changes}); "
+                         "use another --out, or --overwrite instead of --resume to replace it")
     return done
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import math
 import statistics
 import time
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 
 import rde
-from amortized.compare import Comparison, compare_inits, load_finished, ones_run, plot_comparison, wall_speedup
+from amortized.compare import Comparison, compare_inits, comparison_settings, load_finished, ones_run, plot_comparison, wall_speedup
 from amortized.datasets import list_images
 from amortized.initializer import LearnedInitializer
 from rde.io import load_image, preprocess
@@ -78,7 +79,10 @@ def main() -> None:
     ckpt = args.checkpoint or "bundled"
     items = list_images(args.images, args.split)[args.offset : args.offset + args.limit]
     earlier = [args.out] if args.resume else []
-    parts = [c for c in (load_finished(d, steps, ["ones", "learned"]) for d in [*earlier, *args.merge]) if c is not None]
+    settings = {**comparison_settings(args.model, preset, args.seed, str(ckpt)),
+                "guard": json.loads(json.dumps(dataclasses.asdict(learned.guard)))}
+    parts = [c for c in (load_finished(d, steps, ["ones", "learned"], settings) for d in [*earlier, *args.merge])
+             if c is not None]
     finished = {name for c in parts for name in c.names}
     todo = [i for i in items if i.key not in finished]
     cache = args.ones_cache or args.out / "ones"
@@ -88,8 +92,10 @@ def main() -> None:
         ones = cached_ones(explainer, x, cache / f"{item.key}-{preset.name}-n{steps}-s{args.seed}.pt", steps, args.seed)
         parts.append(compare_inits(explainer, x, {"learned": learned}, steps, [item.key], seed=args.seed,
                                    rate_distortion=False, ones=ones))
+        parts[-1].settings = settings
         Comparison.concat(parts).save(args.out)
     comp = Comparison.concat(parts)
+    comp.settings = settings
     comp.save(args.out)
     plot_comparison(comp, args.out)
 

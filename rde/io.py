@@ -3,10 +3,12 @@ before any work starts."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -145,3 +147,15 @@ def check_output_dir(path: str | Path, create: bool = False, option: str | None 
         except OSError as e:
             raise OutputDirError(f"{name}: cannot create the folder ({e.strerror or e})") from None
     return path
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename: readers never see half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=1, default=str))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

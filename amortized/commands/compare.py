@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
     import rde
     from amortized.commands.explain import resolve_device
-    from amortized.compare import Comparison, compare_inits, load_finished, plot_comparison
+    from amortized.compare import Comparison, compare_inits, comparison_settings, load_finished, plot_comparison
     from rde.init import parse_init
     from rde.io import ImageLoadError, OutputDirError, check_output_dir, load_image, preprocess
 
@@ -71,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
             parse_init(label)
 
     check_output_dir(args.out, option="--out")
-    done = load_finished(args.out, steps, labels) if args.resume else None
+    checkpoint = (str(args.checkpoint) if args.checkpoint else "bundled") if "learned" in labels else None
+    settings = comparison_settings(args.model, preset, args.seed, checkpoint)
+    done = load_finished(args.out, steps, labels, settings) if args.resume else None
     if (args.out / "comparison.json").exists() and not (args.resume or args.overwrite):
         raise OutputDirError(
             f"--out {args.out}: holds an earlier comparison (comparison.json); pass --resume to continue it, "
@@ -118,8 +120,10 @@ def run(args: argparse.Namespace) -> int:
         x = torch.stack(images[start : start + batch]).to(device)
         parts.append(compare_inits(explainer, x, inits, steps, names[start : start + batch], seed=args.seed,
                                    rate_distortion=not args.no_rate_distortion))
+        parts[-1].settings = settings
         Comparison.concat(parts).save(args.out)  # finished batches survive an interruption
     comparison = Comparison.concat(parts)
+    comparison.settings = settings
     files = comparison.save(args.out)
     figures = plot_comparison(comparison, args.out)
     print(comparison.format_table())

@@ -174,7 +174,7 @@ def test_collapsed_runs_never_count_as_reaching():
     assert "collapsed" in comp.format_table()
 
 
-def test_compare_resumes_from_its_saved_json(tmp_path, tiny_checkpoint):
+def test_compare_resumes_from_its_saved_json(tmp_path, tiny_checkpoint, capsys):
     photos = tmp_path / "photos"
     photos.mkdir()
     for i in range(3):
@@ -191,6 +191,25 @@ def test_compare_resumes_from_its_saved_json(tmp_path, tiny_checkpoint):
         assert both["curves"][init]["loss"][:2] == first["curves"][init]["loss"]
     other_n = [("7" if a == "5" else a) for a in common]
     assert main(["compare", str(photos), "--resume", *other_n]) == 2  # refused: another N
+    for flag, value in (("--seed", "7"), ("--precision", "bf16-mixed")):
+        assert main(["compare", str(photos), "--resume", *common, flag, value]) == 2  # refused: other settings
+        assert "made with other settings" in capsys.readouterr().err
+    other_preset = [("paper" if a == "tiny" else a) for a in common]
+    assert main(["compare", str(photos), "--resume", *other_preset]) == 2
+    assert "preset.image_size: 64 -> 256" in capsys.readouterr().err
+    assert json.loads((out / "comparison.json").read_text()) == both  # nothing was written by the refusals
+
+
+def test_a_damaged_comparison_is_named_and_not_resumed(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    out.mkdir()
+    (out / "comparison.json").write_text('{"steps": 5, "images": ["a"')  # cut off mid-write by an older version
+    photo = tmp_path / "a.png"
+    Image.fromarray((torch.rand(40, 40, 3) * 255).byte().numpy()).save(photo)
+    code = main(["compare", str(photo), "--model", "tiny-test", "--preset", "tiny", "--steps", "3", "--inits", "ones",
+                 "--out", str(out), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "comparison.json: not a readable comparison" in err
 
 
 def test_loaded_comparison_matches_the_saved_one(tmp_path):
