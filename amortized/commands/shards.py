@@ -25,7 +25,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from amortized import shards as S
+    from rde.io import OutputDirError, check_output_dir
 
+    if args.preview is not None:  # before the (long) check, so that a bad path costs nothing
+        if args.preview.is_dir():
+            raise OutputDirError(f"--preview {args.preview}: is a folder; give the PNG file to write")
+        check_output_dir(args.preview.parent, option="--preview")
     if args.check:
         index, problems = S.verify_shards(args.directory)
     else:

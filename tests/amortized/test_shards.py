@@ -173,6 +173,11 @@ def test_verify_and_cli_on_a_good_directory(tmp_path, capsys, monkeypatch):
     preview = tmp_path / "p.png"
     assert main(["shards", str(tmp_path / "d"), "--preview", str(preview), "--num-preview", "2"]) == 0
     assert preview.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "afile").write_text("x")
+    for bad in (tmp_path / "afile" / "p.png", tmp_path):  # under a file; a folder
+        assert main(["shards", str(tmp_path / "d"), "--preview", str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("--preview " + str(bad if bad == tmp_path else bad.parent)) in err
 
 
 def _bad_directory(out):
