@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 from lightning.pytorch import LightningDataModule
@@ -15,6 +16,16 @@ class InitializerCLI(LightningCLI):
         # The data's image size, layout and classifier follow the model's: one value each, linked once.
         parser.link_arguments("model.preset", "data.init_args.preset")
         parser.link_arguments("model.classifier", "data.init_args.classifier")
+
+    def before_instantiate_classes(self) -> None:
+        """Refuse a missing shard directory before loggers, folders or the model are set up."""
+        config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        shards = (config.get("data") or {}).get("init_args", {}).get("shards")
+        if shards is not None and not Path(shards).is_dir():
+            raise FileNotFoundError(
+                f"{shards}: no shard directory there (a relative path is relative to the current folder, "
+                f"{Path.cwd()}); pass --data.init_args.shards DIR"
+            )
 
 
 def cli_main(args: Sequence[str] | None = None, run: bool = True) -> InitializerCLI:

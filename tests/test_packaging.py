@@ -83,12 +83,23 @@ def test_a_missing_logger_package_is_named(tmp_path):
     """The shipped cpu recipe logs to wandb; without wandb, `cartoonx train --config cpu` says so in one line."""
     code = "import sys; sys.modules['wandb'] = None; from amortized.cli import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    done = subprocess.run([sys.executable, "-c", code, "train", "--config", "cpu"], cwd=tmp_path, env=env,
+    (tmp_path / "shards").mkdir()
+    argv = ["train", "--config", "cpu", "--data.init_args.shards", "shards"]
+    done = subprocess.run([sys.executable, "-c", code, *argv], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("cartoonx train: error: training with cpu needs the package 'wandb'"), done.stderr[-2000:]
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_missing_shard_directory_is_named_before_any_set_up(tmp_path, monkeypatch, capsys):
+    """Run outside the checkout, the shipped recipe's relative ../shared path finds nothing: one line with the flag."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", "cpu"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("cartoonx train: error: ../shared/targets/efficientnet_lite0-cpu: no shard directory")
+    assert "--data.init_args.shards DIR" in last and list(tmp_path.iterdir()) == []  # no runs/, no wandb/
 
 
 @pytest.mark.slow
