@@ -18,13 +18,14 @@ import torch
 import rde
 from rde import RDEConfig
 from rde.layout import MaskLayout
+from rde.errors import InputError
 
 CHECKPOINT_KEY = "fastcartoonx"
 FORMAT = "fastcartoonx-initializer"
 FORMAT_VERSION = 2
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(InputError):
     """A checkpoint trained for another classifier, preset or mask layout, or not an initializer at all."""
 
 

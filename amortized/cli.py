@@ -2,9 +2,10 @@
 
 Each subcommand lives in ``amortized/commands/<name>.py`` with ``add_arguments(parser)`` and
 ``run(args) -> int``; heavy imports (Lightning, webdataset) happen inside ``run``, so ``explain``
-never loads Lightning. Errors we raise for bad input or configuration (``ValueError`` and its subclasses,
-``FileNotFoundError``) become one line on stderr and exit code 2; anything else is a bug and keeps its
-traceback. ``--debug`` shows the traceback for every error.
+never loads Lightning. Errors we raise for bad input or configuration (:class:`rde.errors.InputError` and
+its subclasses, ``FileNotFoundError``) become one line on stderr and exit code 2; anything else, a plain
+``ValueError`` from deep inside torch included, is a bug and keeps its traceback. ``--debug`` (before or after
+the subcommand) shows the traceback for every error.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def build_parser(commands: Sequence[str] | None = None) -> argparse.ArgumentPars
             continue
         p = sub.add_parser(name, help=COMMANDS[name], description=(module.__doc__ or COMMANDS[name]).strip())
         module.add_arguments(p)
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of any error")
         p.set_defaults(_run=module.run)
     return parser
 
@@ -54,14 +56,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.extra = rest
     try:
         return int(args._run(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        if args.debug:
-            raise
+    except Exception as e:
+        if args.debug or not _is_user_error(e):
+            raise  # a bug: keep the traceback
         print(f"cartoonx {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cartoonx {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _is_user_error(error: Exception) -> bool:
+    """Bad input or configuration (:class:`rde.errors.InputError`, a missing file): one line, exit code 2."""
+    from rde.errors import InputError  # here, not at the top: building the parser imports no torch
+
+    return isinstance(error, (InputError, FileNotFoundError))
 
 
 if __name__ == "__main__":

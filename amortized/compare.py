@@ -31,6 +31,7 @@ from rde.presets import RDEConfig
 from rde.metrics import collapsed, loss_at, rate_distortion_curve, reference_level, steps_to_reach
 from rde.io import write_json_atomic
 from rde.plotting import loss_curves_figure, per_image_loss_figure, side_by_side_figure
+from rde.errors import InputError
 
 InitFactory = Callable[[Tensor], Tensor]
 FIXED_STEPS = (10, 30, 100)
@@ -98,12 +99,12 @@ class Comparison:
             data = json.loads(Path(path).read_text())
             names, runs = data["images"], {}
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: not a readable comparison ({type(e).__name__}: {e}); "
+            raise InputError(f"{path}: not a readable comparison ({type(e).__name__}: {e}); "
                              "use --overwrite or another --out") from None
         for init, curves in data["curves"].items():
             rows = {r["image"]: r for r in data["per_image"] if r["init"] == init}
             if len(rows) != len(names):
-                raise ValueError(f"{path}: per-image rows of {init!r} do not match its {len(names)} images")
+                raise InputError(f"{path}: per-image rows of {init!r} do not match its {len(names)} images")
             rows = [rows[n] for n in names]
             rd = data.get("rate_distortion", {}).get(init, {})
             runs[init] = InitRun(
@@ -229,14 +230,14 @@ def load_finished(
     done = Comparison.load(path)
     expected = ["ones", *[i for i in inits if i != "ones"]]
     if done.steps != steps or list(done.runs) != expected:
-        raise ValueError(
+        raise InputError(
             f"{path} holds a comparison of {list(done.runs)} over {done.steps} steps, not {expected} over {steps}; "
             "use another --out, or --overwrite instead of --resume to replace it"
         )
     if settings is not None and done.settings and done.settings != settings:  # files from before settings: as is
         keys = sorted(k for k in {*settings, *done.settings} if settings.get(k) != done.settings.get(k))
         changes = "; ".join(f"{k}: {done.settings.get(k)!r} -> {settings.get(k)!r}" for k in keys)
-        raise ValueError(f"{path} was made with other settings ({changes}); "
+        raise InputError(f"{path} was made with other settings ({changes}); "
                          "use another --out, or --overwrite instead of --resume to replace it")
     return done
 

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from amortized import shards as S
 from amortized.datasets import DEFAULT_VAL_FRACTION
+from rde.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class MaskShardDataModule(L.LightningDataModule):
     ) -> None:
         super().__init__()
         if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
-            raise ValueError(f"batch sizes must be positive, got {batch_size} and {val_batch_size}")
+            raise InputError(f"batch sizes must be positive, got {batch_size} and {val_batch_size}")
         self.save_hyperparameters()
         self.index: S.ShardIndex | None = None
 
@@ -99,7 +100,7 @@ class MaskShardDataModule(L.LightningDataModule):
         counts = self.index.counts(split, hp.val_fraction)
         plan = plan_split(counts, batch_size, rank, world, hp.num_workers, hp.split_mode, equalize=train)
         if plan.num_batches == 0 and train:
-            raise ValueError(
+            raise InputError(
                 f"{self.index.directory}: the {split} split has {sum(counts)} samples, not enough for one batch "
                 f"of {batch_size} on each of {world} rank(s); lower batch_size"
             )
@@ -147,7 +148,7 @@ def plan_split(
     dropped, never repeated. ``auto`` uses shards unless that would drop over 10% more data.
     """
     if mode not in ("auto", "shards", "samples"):
-        raise ValueError(f"split mode must be auto, shards or samples, got {mode!r}")
+        raise InputError(f"split mode must be auto, shards or samples, got {mode!r}")
     workers = max(1, num_workers)
     slots = world_size * workers
     n = sum(counts)
@@ -163,7 +164,7 @@ def plan_split(
     if mode == "auto":
         mode = "shards" if len(counts) >= slots and usable("shards") >= 0.9 * usable("samples") else "samples"
     elif mode == "shards" and len(counts) < slots:
-        raise ValueError(
+        raise InputError(
             f"{len(counts)} shard(s) cannot be split over {world_size} rank(s) x {workers} worker(s) "
             "without duplication; use split mode 'samples' or 'auto'"
         )
@@ -260,7 +261,7 @@ def mask_pipeline(
                         index.config["layout"])
     urls = [str(p) for p, _ in index.shards]
     if not urls:
-        raise ValueError(f"{index.directory}: no finished shards to read")
+        raise InputError(f"{index.directory}: no finished shards to read")
     stages: list[Any] = [wds.SimpleShardList(urls)]
     if plan.mode == "shards":
         stages += [wds.split_by_node, wds.split_by_worker]

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable, Literal, Sequence
 
 from rde.classifiers import imagenet_classes
+from rde.errors import InputError
 
 LIST_SUFFIXES = (".txt", ".lst")
 DEFAULT_VAL_FRACTION = 1 / 8
@@ -194,13 +195,13 @@ def list_images(
         if item.key in items and items[item.key].path.resolve() == path.resolve():
             continue  # the same file named twice (e.g. a folder and a file in it)
         if item.key in items:
-            raise ValueError(
+            raise InputError(
                 f"two images have the same sample key {item.key!r}: {items[item.key].path} and {item.path}; "
                 "rename one (keys are file stems with dots replaced)"
             )
         items[item.key] = item
     if not items:
-        raise ValueError(f"no images found in {', '.join(str(s) for s in sources)}")
+        raise InputError(f"no images found in {', '.join(str(s) for s in sources)}")
     return [items[k] for k in sorted(items) if in_split(k, split, val_fraction)]
 
 
@@ -211,6 +212,6 @@ def _item(path: Path, source: str) -> ImageItem:
 
 def _check_split(split: str, val_fraction: float) -> None:
     if split not in ("all", "train", "val"):
-        raise ValueError(f"split must be 'all', 'train' or 'val', got {split!r}")
+        raise InputError(f"split must be 'all', 'train' or 'val', got {split!r}")
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction!r}")
+        raise InputError(f"val_fraction must be in [0, 1), got {val_fraction!r}")

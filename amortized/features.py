@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from rde.classifiers import Classifier
 from rde.representation import WaveletRepresentation, greyscale
+from rde.errors import InputError
 
 # Stride name -> module path inside the Classifier wrapper, finest first. Classifiers not listed here
 # give the initializer no feature maps (gradient and magnitude inputs only).
@@ -104,7 +105,7 @@ def _tapped(classifier: nn.Module, taps: dict[str, str], record: Callable[[str, 
     missing = [path for path in taps.values() if path not in modules]
     if missing:
         name = getattr(classifier, "name", type(classifier).__name__)
-        raise ValueError(f"classifier {name!r} has no module(s) {missing} to take features from")
+        raise InputError(f"classifier {name!r} has no module(s) {missing} to take features from")
     hooks = [
         modules[path].register_forward_hook(lambda _m, _a, out, name=name: record(name, out))
         for name, path in taps.items()

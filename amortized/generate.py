@@ -41,6 +41,7 @@ from amortized.generate_data import GenerateDataModule, failure_record
 from amortized.signals import StopOnSignals, Stopped
 from rde import CartoonX, MaskLayout, RDEConfig, create_classifier, load_preset
 from rde.classifiers import Classifier
+from rde.errors import InputError
 
 METHOD = "cartoonx"
 INIT = "ones"
@@ -323,9 +324,9 @@ def generate_targets(
     """
     cfg = load_preset(preset).replace(**preset_overrides)
     if cfg.steps < 1:
-        raise ValueError(f"steps must be at least 1 for targets, got {cfg.steps} (0 steps would store the all-ones start)")
+        raise InputError(f"steps must be at least 1 for targets, got {cfg.steps} (0 steps would store the all-ones start)")
     if batch_size < 1:
-        raise ValueError(f"batch size must be positive, got {batch_size}")
+        raise InputError(f"batch size must be positive, got {batch_size}")
     out_dir = check_output_dir(out_dir)
     problems: list[str] = []
 

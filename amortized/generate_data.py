@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from amortized import shards as S
 from amortized.datasets import ImageItem
 from rde.io import check_output_dir, load_image, preprocess
+from rde.errors import InputError
 
 LOCK_NAME = ".generate.lock"
 
@@ -30,7 +31,7 @@ class _DirLock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(self.fd)
-            raise ValueError(f"another `cartoonx generate` is writing to {out_dir} (lock {self.path})") from None
+            raise InputError(f"another `cartoonx generate` is writing to {out_dir} (lock {self.path})") from None
 
     def release(self) -> None:
         if self.fd >= 0:

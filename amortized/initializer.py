@@ -26,6 +26,7 @@ from amortized.checkpoint import CheckpointMismatchError, check_compatible, read
 from amortized.features import probe
 from amortized.net import MaskNet
 from rde import CartoonX, RDEConfig
+from rde.errors import InputError
 
 BUNDLED = {("efficientnet_lite0", "cpu"): "efficientnet_lite0-cpu.pt"}
 
@@ -37,7 +38,7 @@ def bundled_checkpoint(classifier: str, preset: str) -> Path:
     name = BUNDLED.get((classifier, preset))
     if name is None:
         known = ", ".join(f"{c} + {p}" for c, p in BUNDLED)
-        raise ValueError(
+        raise InputError(
             f"no bundled initializer for classifier {classifier!r} with preset {preset!r} (bundled: {known}); "
             "train one with `cartoonx train` and pass --checkpoint"
         )
@@ -62,9 +63,9 @@ class Guard:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.blend < 1.0:
-            raise ValueError(f"guard blend must lie in (0, 1), got {self.blend}")
+            raise InputError(f"guard blend must lie in (0, 1), got {self.blend}")
         if self.samples < 1 or self.max_steps < 0:
-            raise ValueError(f"guard samples must be >= 1 and max_steps >= 0, got {self.samples}, {self.max_steps}")
+            raise InputError(f"guard samples must be >= 1 and max_steps >= 0, got {self.samples}, {self.max_steps}")
 
 
 class LearnedInitializer:
@@ -80,7 +81,7 @@ class LearnedInitializer:
 
     def __init__(self, payload: dict[str, Any], explainer: CartoonX, guard: Guard | None = None, seed: int = 0) -> None:
         if explainer.representation_kind != "wavelet":
-            raise ValueError("a learned initializer predicts CartoonX wavelet masks; it cannot start Pixel RDE")
+            raise InputError("a learned initializer predicts CartoonX wavelet masks; it cannot start Pixel RDE")
         self.explainer = explainer
         self.taps = dict(payload["taps"])
         self.net = MaskNet.from_config(payload["net"])

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from rde.layout import MaskLayout
+from rde.errors import InputError
 
 
 def risk_averse_mask_loss(
@@ -27,10 +28,10 @@ def risk_averse_mask_loss(
     drowned by the ~13k finest-level ones. Returns the loss and the per-scale (unweighted) losses.
     """
     if under_weight <= 0:
-        raise ValueError(f"under_weight must be positive, got {under_weight}")
+        raise InputError(f"under_weight must be positive, got {under_weight}")
     weights = torch.ones(len(layout.scales)) if scale_weights is None else torch.tensor(list(scale_weights), dtype=torch.float32)
     if weights.numel() != len(layout.scales):
-        raise ValueError(f"scale_weights has {weights.numel()} entries, the layout has {len(layout.scales)} scales")
+        raise InputError(f"scale_weights has {weights.numel()} entries, the layout has {len(layout.scales)} scales")
     diff = target - pred
     err = torch.where(diff > 0, under_weight * diff.square(), diff.square())
     per_scale = {s.name: err[:, layout.scale_slice(i)].mean() for i, s in enumerate(layout.scales)}

@@ -33,6 +33,7 @@ from rde import CartoonX, create_classifier, load_preset
 from rde.classifiers import Classifier
 from rde.metrics import collapsed, loss_at
 from rde.representation import WaveletRepresentation
+from rde.errors import InputError
 
 
 @dataclass
@@ -232,7 +233,7 @@ class MaskInitializer(L.LightningModule):
         try:
             self.net.load_state_dict(payload["state_dict"])
         except RuntimeError as e:
-            raise ValueError(f"{path}: its network does not match this one ({e})") from None
+            raise InputError(f"{path}: its network does not match this one ({e})") from None
 
     def configure_optimizers(self) -> Any:
         """AdamW with a one-cycle shape: a linear warm-up over the first 10 % of the run's steps, then cosine to 0.

@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from amortized.features import ProbeResult
 from rde.layout import MaskLayout
 from rde.wavelets import WaveletConfig
+from rde.errors import InputError
 
 INPUTS = ("features", "gradient", "magnitude")
 
@@ -57,12 +58,12 @@ class MaskNet(nn.Module):
         levels = self.wavelet.levels
         floors = [float(floor)] * (levels + 1) if isinstance(floor, (int, float)) else [float(f) for f in floor]
         if len(floors) != levels + 1:
-            raise ValueError(f"floor needs one value per scale (lowpass + {levels} levels), got {len(floors)}")
+            raise InputError(f"floor needs one value per scale (lowpass + {levels} levels), got {len(floors)}")
         if not all(0.0 <= f < 1.0 for f in floors):
-            raise ValueError(f"floor values must lie in [0, 1), got {floors}")
+            raise InputError(f"floor values must lie in [0, 1), got {floors}")
         unknown = set(inputs) - set(INPUTS)
         if unknown or not inputs:
-            raise ValueError(f"inputs must be a non-empty subset of {INPUTS}, got {list(inputs)}")
+            raise InputError(f"inputs must be a non-empty subset of {INPUTS}, got {list(inputs)}")
         self.floors = floors
         self.inputs = tuple(i for i in INPUTS if i in inputs)
         channels = dict(feature_channels or {}) if "features" in self.inputs else {}
@@ -70,7 +71,7 @@ class MaskNet(nn.Module):
         self.lateral = nn.ModuleDict({s: nn.Conv2d(c, width, 1) for s, c in channels.items()})
         per_orientation = 2 * ("gradient" in self.inputs) + ("magnitude" in self.inputs)
         if not self.strides and per_orientation == 0:
-            raise ValueError("the network sees nothing: no feature taps for this classifier and no coefficient inputs")
+            raise InputError("the network sees nothing: no feature taps for this classifier and no coefficient inputs")
         feat = width if self.strides else 0
         self.heads = nn.ModuleList(
             [self._head(feat + per_orientation, 1, head_width, init_bias)]

@@ -18,6 +18,7 @@ from rde.classifiers import (
     register_classifier,
 )
 from rde.explainer import RDE, CartoonX, PixelRDE
+from rde.errors import InputError
 from rde.explanation import Explanation
 from rde.io import ImageLoadError, load_image, load_images, preprocess
 from rde.layout import MaskLayout
@@ -50,4 +51,5 @@ __all__ = [
     "load_images",
     "preprocess",
     "ImageLoadError",
+    "InputError",
 ]

@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+from rde.errors import InputError
 
 DEFAULT_CLASSIFIER = "efficientnet_lite0"
 
@@ -40,7 +41,7 @@ def imagenet_classes() -> tuple[tuple[str, str], ...]:
 def imagenet_class_index(wnid: str) -> int:
     index = {w: i for i, (w, _) in enumerate(imagenet_classes())}
     if wnid not in index:
-        raise ValueError(f"{wnid!r} is not an ImageNet-1k wnid")
+        raise InputError(f"{wnid!r} is not an ImageNet-1k wnid")
     return index[wnid]
 
 
@@ -86,7 +87,7 @@ _REGISTRY: dict[str, Callable[[], Classifier]] = {}
 def register_classifier(name: str) -> Callable[[Callable[[], Classifier]], Callable[[], Classifier]]:
     def decorator(factory: Callable[[], Classifier]) -> Callable[[], Classifier]:
         if name in _REGISTRY:
-            raise ValueError(f"classifier {name!r} is already registered")
+            raise InputError(f"classifier {name!r} is already registered")
         _REGISTRY[name] = factory
         return factory
 
@@ -151,7 +152,7 @@ def _from_torchvision(name: str) -> Classifier:
     if name not in available:
         close = difflib.get_close_matches(name, list_classifiers() + available, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(
+        raise InputError(
             f"unknown classifier {name!r}. Use one of {', '.join(list_classifiers())}, a torchvision "
             f"classification model name, or 'package.module:callable'.{hint}"
         )
@@ -174,10 +175,10 @@ def _from_callable(spec: str) -> Classifier:
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ValueError(f"classifier {spec!r}: cannot import module {module_name!r} ({e})") from e
+        raise InputError(f"classifier {spec!r}: cannot import module {module_name!r} ({e})") from e
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
-        raise ValueError(f"classifier {spec!r}: module {module_name!r} has no callable {attr!r}")
+        raise InputError(f"classifier {spec!r}: module {module_name!r} has no callable {attr!r}")
     model = factory()
     if isinstance(model, Classifier):
         return model

@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+from rde.errors import InputError
 
 DistortionFn = Callable[[Tensor, Tensor, Tensor], Tensor]
 
@@ -52,4 +53,4 @@ def get_distortion(name: str) -> DistortionFn:
     try:
         return DISTORTIONS[name]
     except KeyError:
-        raise ValueError(f"unknown distortion {name!r}; choose one of {', '.join(DISTORTIONS)}") from None
+        raise InputError(f"unknown distortion {name!r}; choose one of {', '.join(DISTORTIONS)}") from None

@@ -23,6 +23,7 @@ from rde.obfuscation import Obfuscation
 from rde.precision import LossScale, autocast, check_precision_device
 from rde.presets import RDEConfig, load_preset
 from rde.representation import Representation, create_representation, greyscale
+from rde.errors import InputError
 
 INIT_SEED_OFFSET = 0x9E3779B97F4A7C15
 TargetSpec = int | Sequence[int] | Tensor | None
@@ -101,7 +102,7 @@ class RDE:
         cfg = self.config
         steps = cfg.steps if steps is None else steps
         if not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"steps must be a non-negative int, got {steps!r}")
+            raise InputError(f"steps must be a non-negative int, got {steps!r}")
         device = images.device
         self._check_device(device)
         check_precision_device(cfg.precision, device)
@@ -305,7 +306,7 @@ class RDE:
     def _check_device(self, device: torch.device) -> None:
         param = next(iter(self.classifier.parameters()), None)
         if param is not None and param.device != device:
-            raise ValueError(f"images are on {device} but the classifier is on {param.device}; move one of them")
+            raise InputError(f"images are on {device} but the classifier is on {param.device}; move one of them")
 
 
 class CartoonX(RDE):
@@ -342,7 +343,7 @@ def _per_image(value: int | Sequence[int], batch: int, name: str) -> list[int]:
         raise TypeError(f"{name} must be an int or a sequence of ints, got {type(value).__name__}")
     values = list(value)
     if len(values) != batch:
-        raise ValueError(f"{name} has {len(values)} entries but the batch has {batch} images")
+        raise InputError(f"{name} has {len(values)} entries but the batch has {batch} images")
     bad = [v for v in values if not _is_int(v)]
     if bad:
         raise TypeError(f"{name} entries must be ints, got {bad!r}")
@@ -359,11 +360,11 @@ def _resolve_targets(target: TargetSpec, batch: int, num_classes: int, predicted
     if isinstance(target, bool) or not isinstance(target, (int, Sequence, Tensor)):
         raise TypeError(f"target must be None, an int, or a sequence/1-D tensor of ints; got {type(target).__name__}")
     if isinstance(target, Tensor) and target.dim() > 1:
-        raise ValueError(f"target tensor must be 1-D, got shape {tuple(target.shape)}")
+        raise InputError(f"target tensor must be 1-D, got shape {tuple(target.shape)}")
     values = _per_image(target, batch, "target")
     bad = [v for v in values if not 0 <= v < num_classes]
     if bad:
-        raise ValueError(f"target class(es) {bad} out of range for a classifier with {num_classes} classes")
+        raise InputError(f"target class(es) {bad} out of range for a classifier with {num_classes} classes")
     return torch.tensor(values, dtype=torch.long, device=predicted.device)
 
 

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from rde.layout import MaskLayout
+from rde.errors import InputError
 
 HISTORY_KEYS = ("loss", "distortion", "sparsity", "spatial")
 
@@ -50,12 +51,12 @@ class Explanation:
         self.layout.check(self.mask)
         for name in ("explanation", "images", "targets", "target_probs", "predicted"):
             if getattr(self, name).shape[0] != b:
-                raise ValueError(f"Explanation.{name} has batch {getattr(self, name).shape[0]}, mask has {b}")
+                raise InputError(f"Explanation.{name} has batch {getattr(self, name).shape[0]}, mask has {b}")
         missing = set(HISTORY_KEYS) - set(self.history)
         if missing:
-            raise ValueError(f"Explanation.history lacks {sorted(missing)}")
+            raise InputError(f"Explanation.history lacks {sorted(missing)}")
         if self.mask.numel() and (self.mask.min() < 0 or self.mask.max() > 1):
-            raise ValueError("Explanation.mask must lie in [0, 1]")
+            raise InputError("Explanation.mask must lie in [0, 1]")
 
     def __len__(self) -> int:
         return self.mask.shape[0]

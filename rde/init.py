@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from rde.layout import MaskLayout
+from rde.errors import InputError
 
 InitSpec = str | float | Tensor
 NAMED_INITS = ("ones", "const:<c>", "random", "preopt")
@@ -31,13 +32,13 @@ def parse_init(init: InitSpec) -> tuple[str, float | None]:
             try:
                 value = float(arg) if arg else 0.5
             except ValueError:
-                raise ValueError(f"init {init!r}: expected const:<number in [0, 1]>") from None
+                raise InputError(f"init {init!r}: expected const:<number in [0, 1]>") from None
         elif name not in ("ones", "random", "preopt") or arg:
-            raise ValueError(f"unknown init {init!r}; use one of {', '.join(NAMED_INITS)} or a mask tensor")
+            raise InputError(f"unknown init {init!r}; use one of {', '.join(NAMED_INITS)} or a mask tensor")
     else:
         raise TypeError(f"init must be a name or a tensor, got {type(init).__name__}")
     if value is not None and not 0.0 <= value <= 1.0:
-        raise ValueError(f"init const value must lie in [0, 1], got {value}")
+        raise InputError(f"init const value must lie in [0, 1], got {value}")
     return name, value
 
 
@@ -62,7 +63,7 @@ def make_initial_mask(
             [torch.rand(layout.num_entries, generator=g, device=device) for g in generators]
         )
     if flip_check is None:
-        raise ValueError("init 'preopt' needs the classifier (use it through CartoonX.explain)")
+        raise InputError("init 'preopt' needs the classifier (use it through CartoonX.explain)")
     return _preoptimize(layout, batch, device, flip_check)
 
 
@@ -86,12 +87,12 @@ def _check_tensor_init(init: Tensor, layout: MaskLayout, batch: int) -> Tensor:
     if init.dim() == 1:
         init = init.unsqueeze(0).expand(batch, -1)
     if init.dim() != 2 or init.shape[0] != batch or init.shape[1] != layout.num_entries:
-        raise ValueError(
+        raise InputError(
             f"init mask has shape {tuple(init.shape)}; expected ({batch}, {layout.num_entries}) "
             f"for layout {layout.signature}"
         )
     if not torch.isfinite(init).all():
-        raise ValueError("init mask contains NaN or inf")
+        raise InputError("init mask contains NaN or inf")
     if init.min() < 0 or init.max() > 1:
-        raise ValueError(f"init mask must lie in [0, 1], got range [{float(init.min()):.3g}, {float(init.max()):.3g}]")
+        raise InputError(f"init mask must lie in [0, 1], got range [{float(init.min()):.3g}, {float(init.max()):.3g}]")
     return init.detach().float()

@@ -15,12 +15,13 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 from torch import Tensor
 from torchvision.transforms import functional as TF
+from rde.errors import InputError
 
 
 MAX_PIXELS_ENV = "CARTOONX_MAX_PIXELS"
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(InputError):
     """An image file that cannot be used; the message names the file and the reason."""
 
 
@@ -36,7 +37,7 @@ def max_pixels() -> int | None:
         try:
             value = int(text)
         except ValueError:
-            raise ValueError(f"{MAX_PIXELS_ENV}={text!r}: expected a number of pixels (0: no bound)") from None
+            raise InputError(f"{MAX_PIXELS_ENV}={text!r}: expected a number of pixels (0: no bound)") from None
         Image.MAX_IMAGE_PIXELS = value if value > 0 else None
     return Image.MAX_IMAGE_PIXELS
 
@@ -107,21 +108,21 @@ def check_images(images: Tensor, name: str = "images") -> None:
     if not isinstance(images, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (B, 3, H, W), got {type(images).__name__}")
     if images.dim() != 4 or images.shape[1] != 3:
-        raise ValueError(f"{name} must have shape (B, 3, H, W), got {tuple(images.shape)}")
+        raise InputError(f"{name} must have shape (B, 3, H, W), got {tuple(images.shape)}")
     if images.shape[0] == 0:
-        raise ValueError(f"{name} is an empty batch")
+        raise InputError(f"{name} is an empty batch")
     if not images.is_floating_point():
         raise TypeError(f"{name} must be a float tensor in [0, 1], got dtype {images.dtype}")
     bad = ~torch.isfinite(images)
     if bad.any():
         idx = sorted({int(i) for i in bad.flatten(1).any(1).nonzero().flatten()})
-        raise ValueError(f"{name} contain NaN or inf values (batch indices {idx})")
+        raise InputError(f"{name} contain NaN or inf values (batch indices {idx})")
     lo, hi = float(images.min()), float(images.max())
     if lo < -1e-6 or hi > 1 + 1e-6:
-        raise ValueError(f"{name} must lie in [0, 1] (pixels, not normalized), got range [{lo:.3g}, {hi:.3g}]")
+        raise InputError(f"{name} must lie in [0, 1] (pixels, not normalized), got range [{lo:.3g}, {hi:.3g}]")
 
 
-class OutputDirError(ValueError):
+class OutputDirError(InputError):
     """An output folder that cannot be used (a file, under a file, not writable); the message names it."""
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from rde.wavelets import WaveletConfig, coefficient_shapes
+from rde.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -111,17 +112,17 @@ class MaskLayout:
     def join(self, parts: list[Tensor]) -> Tensor:
         """Inverse of :meth:`split`."""
         if len(parts) != len(self.scales):
-            raise ValueError(f"expected {len(self.scales)} scales for {self.signature}, got {len(parts)}")
+            raise InputError(f"expected {len(self.scales)} scales for {self.signature}, got {len(parts)}")
         flats = []
         for part, s in zip(parts, self.scales):
             if tuple(part.shape[part.dim() - len(s.shape):]) != s.shape:
-                raise ValueError(f"scale {s.name}: expected trailing shape {s.shape}, got {tuple(part.shape)}")
+                raise InputError(f"scale {s.name}: expected trailing shape {s.shape}, got {tuple(part.shape)}")
             flats.append(part.reshape(*part.shape[: part.dim() - len(s.shape)], s.size))
         return torch.cat(flats, dim=-1)
 
     def check(self, flat: Tensor) -> None:
         if flat.shape[-1] != self.num_entries:
-            raise ValueError(
+            raise InputError(
                 f"mask/coefficient tensor has {flat.shape[-1]} entries in its last dim, "
                 f"but layout {self.signature} has k={self.num_entries}"
             )

@@ -8,12 +8,13 @@ import torch
 from torch import Tensor
 
 from rde.explainer import RDE
+from rde.errors import InputError
 
 
 def moving_average(curves: Tensor, window: int = 10) -> Tensor:
     """Trailing moving average along the last dim; the first ``window-1`` entries average what exists."""
     if window < 1:
-        raise ValueError(f"window must be >= 1, got {window}")
+        raise InputError(f"window must be >= 1, got {window}")
     c = curves.double().cumsum(-1)
     out = c.clone()
     out[..., window:] = c[..., window:] - c[..., :-window]
@@ -60,7 +61,7 @@ def reference_level(ones_curves: Tensor, window: int = 10) -> Tensor:
 def loss_at(curves: Tensor, steps: Sequence[int], window: int = 10) -> dict[int, Tensor]:
     """Moving-average loss after ``s`` steps (a robust companion of steps-to-reach)."""
     if any(s < 1 for s in steps):
-        raise ValueError(f"steps must be >= 1, got {list(steps)}")
+        raise InputError(f"steps must be >= 1, got {list(steps)}")
     ma = moving_average(curves, window)
     return {s: ma[:, min(s, ma.shape[-1]) - 1] for s in steps}
 
@@ -82,13 +83,13 @@ def rate_distortion_curve(
     the rest (higher is better).
     """
     if mode not in ("keep", "randomize"):
-        raise ValueError(f"mode must be 'keep' or 'randomize', got {mode!r}")
+        raise InputError(f"mode must be 'keep' or 'randomize', got {mode!r}")
     order = mask.argsort(dim=1, descending=True)
     k = mask.shape[1]
     out = []
     for f in fractions:
         if not 0.0 <= f <= 1.0:
-            raise ValueError(f"fractions must lie in [0, 1], got {f}")
+            raise InputError(f"fractions must lie in [0, 1], got {f}")
         top = torch.zeros_like(mask)
         n = int(round(f * k))
         if n:

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from rde.layout import MaskLayout
+from rde.errors import InputError
 
 OBFUSCATIONS = ("adaptive-gaussian", "zero")
 
@@ -32,7 +33,7 @@ class Obfuscation:
 
     def __init__(self, name: str, coefficients: Tensor, layout: MaskLayout) -> None:
         if name not in OBFUSCATIONS:
-            raise ValueError(f"unknown obfuscation {name!r}; choose one of {', '.join(OBFUSCATIONS)}")
+            raise InputError(f"unknown obfuscation {name!r}; choose one of {', '.join(OBFUSCATIONS)}")
         self.name = name
         self.channels = coefficients.shape[1]
         self.num_entries = layout.num_entries
@@ -47,7 +48,7 @@ class Obfuscation:
         exactly ``torch.randn``'s) and two in-place kernels for the whole batch's affine map; no per-image tensors, no stack copy."""
         batch = self.mean.shape[0]
         if len(generators) != batch:
-            raise ValueError(f"{len(generators)} noise generators for a batch of {batch} images")
+            raise InputError(f"{len(generators)} noise generators for a batch of {batch} images")
         z = self.mean.new_empty(batch, num_samples, self.channels, self.num_entries)
         if self.name == "zero":
             return z.zero_()

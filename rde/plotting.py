@@ -18,6 +18,7 @@ from matplotlib.figure import Figure
 from torch import Tensor
 
 from rde.explanation import Explanation
+from rde.errors import InputError
 
 METHOD_TITLES = {"cartoonx": "CartoonX", "pixel-rde": "Pixel RDE"}
 LOG_SCALE_RATIO = 30.0  # use a log y-axis when the plotted loss terms span more than this factor
@@ -144,22 +145,22 @@ def plot_mask_levels(
     """
     parts = list(mask_parts)
     if not parts:
-        raise ValueError("plot_mask_levels needs at least one mask part")
+        raise InputError("plot_mask_levels needs at least one mask part")
     for i, p in enumerate(parts):
         if p.dim() != 3:
-            raise ValueError(
+            raise InputError(
                 f"mask part {i} has shape {tuple(p.shape)}; expected (C, h, w) from MaskLayout.split of one mask"
             )
     names = list(names) if names is not None else [f"scale {i}" for i in range(len(parts))]
     if len(names) != len(parts):
-        raise ValueError(f"got {len(names)} names for {len(parts)} mask parts")
+        raise InputError(f"got {len(names)} names for {len(parts)} mask parts")
     if axes is None:
         fig = _new_figure(2.0 * len(parts) + 0.6, 2.4)
         axes = np.atleast_1d(fig.subplots(1, len(parts))).tolist()
     else:
         axes = list(axes)
         if len(axes) != len(parts):
-            raise ValueError(f"got {len(axes)} axes for {len(parts)} mask parts")
+            raise InputError(f"got {len(axes)} axes for {len(parts)} mask parts")
         fig = axes[0].figure
     image = None
     for ax, part, name in zip(axes, parts, names):

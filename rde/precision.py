@@ -14,6 +14,7 @@ from typing import ContextManager
 
 import torch
 from torch import Tensor
+from rde.errors import InputError
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")
 DEFAULT_PRECISION = "32-true"
@@ -22,7 +23,7 @@ _DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 def check_precision_name(precision: str) -> str:
     if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+        raise InputError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     return precision
 
 
@@ -50,7 +51,7 @@ def check_precision_device(precision: str, device: torch.device) -> None:
             if probe.dtype != dtype:
                 problem = f"autocast on {device.type} runs convolutions in {probe.dtype}, not {dtype}"
     if problem:
-        raise ValueError(f"precision {precision} is not available on {device}: {problem}; use 32-true or bf16-mixed")
+        raise InputError(f"precision {precision} is not available on {device}: {problem}; use 32-true or bf16-mixed")
 
 
 def autocast(precision: str, device: torch.device) -> ContextManager:

@@ -14,6 +14,7 @@ from rde.distortion import DISTORTIONS
 from rde.obfuscation import OBFUSCATIONS
 from rde.precision import DEFAULT_PRECISION, check_precision_name
 from rde.wavelets import WaveletConfig
+from rde.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -55,17 +56,17 @@ class RDEConfig:
         for key in ("image_size", "num_samples", "steps"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if key == "steps" else 1):
-                raise ValueError(f"{key} must be a {'non-negative' if key == 'steps' else 'positive'} int, got {value!r}")
+                raise InputError(f"{key} must be a {'non-negative' if key == 'steps' else 'positive'} int, got {value!r}")
         for key in ("lr", "lam", "spatial_weight"):
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or value != value or value < 0 or value == float("inf"):
-                raise ValueError(f"{key} must be a finite non-negative number, got {value!r}")
+                raise InputError(f"{key} must be a finite non-negative number, got {value!r}")
         if self.distortion not in DISTORTIONS:
-            raise ValueError(f"unknown distortion {self.distortion!r}; choose one of {', '.join(DISTORTIONS)}")
+            raise InputError(f"unknown distortion {self.distortion!r}; choose one of {', '.join(DISTORTIONS)}")
         if self.obfuscation not in OBFUSCATIONS:
-            raise ValueError(f"unknown obfuscation {self.obfuscation!r}; choose one of {', '.join(OBFUSCATIONS)}")
+            raise InputError(f"unknown obfuscation {self.obfuscation!r}; choose one of {', '.join(OBFUSCATIONS)}")
         if self.samples_per_call is not None and self.samples_per_call < 1:
-            raise ValueError(f"samples_per_call must be positive or None, got {self.samples_per_call!r}")
+            raise InputError(f"samples_per_call must be positive or None, got {self.samples_per_call!r}")
         check_precision_name(self.precision)
 
     def replace(self, **changes: Any) -> RDEConfig:
@@ -83,7 +84,7 @@ class RDEConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
-            raise ValueError(f"unknown preset keys {sorted(unknown)}; known: {sorted(known)}")
+            raise InputError(f"unknown preset keys {sorted(unknown)}; known: {sorted(known)}")
         return cls(**{"name": name, **d})
 
 
@@ -104,7 +105,10 @@ def load_preset(name_or_path: str | Path | RDEConfig) -> RDEConfig:
     else:
         name = str(name_or_path)
         path = config_path("presets", name)
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: a preset must be a YAML mapping")
+        raise InputError(f"{path}: a preset must be a YAML mapping")
     return RDEConfig.from_dict(data, name=name)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from rde.layout import MaskLayout
 from rde.wavelets import WaveletConfig
+from rde.errors import InputError
 
 
 class Representation(nn.Module):
@@ -25,7 +26,7 @@ class Representation(nn.Module):
 
     def _check_images(self, images: Tensor) -> None:
         if images.dim() != 4 or tuple(images.shape[-2:]) != (self.layout.height, self.layout.width):
-            raise ValueError(
+            raise InputError(
                 f"expected images of shape (B, C, {self.layout.height}, {self.layout.width}), "
                 f"got {tuple(images.shape)}"
             )
@@ -71,7 +72,7 @@ def create_representation(kind: str, height: int, width: int, wavelet: WaveletCo
         return WaveletRepresentation(height, width, wavelet)
     if kind == "pixel":
         return PixelRepresentation(height, width)
-    raise ValueError(f"unknown representation {kind!r}; use 'wavelet' (CartoonX) or 'pixel' (Pixel RDE)")
+    raise InputError(f"unknown representation {kind!r}; use 'wavelet' (CartoonX) or 'pixel' (Pixel RDE)")
 
 
 def greyscale(images: Tensor) -> Tensor:

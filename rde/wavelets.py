@@ -9,6 +9,7 @@ import warnings
 
 import pywt
 import torch
+from rde.errors import InputError
 
 with warnings.catch_warnings():  # pytorch-wavelets imports the deprecated pkg_resources
     warnings.simplefilter("ignore", UserWarning)
@@ -25,11 +26,11 @@ class WaveletConfig:
 
     def __post_init__(self) -> None:
         if self.wave not in pywt.wavelist(kind="discrete"):
-            raise ValueError(f"unknown wavelet {self.wave!r}; use a discrete PyWavelets name such as 'db3' or 'haar'")
+            raise InputError(f"unknown wavelet {self.wave!r}; use a discrete PyWavelets name such as 'db3' or 'haar'")
         if not isinstance(self.levels, int) or self.levels < 1:
-            raise ValueError(f"wavelet levels must be a positive int, got {self.levels!r}")
+            raise InputError(f"wavelet levels must be a positive int, got {self.levels!r}")
         if self.mode not in ("zero", "symmetric", "periodization", "reflect", "periodic"):
-            raise ValueError(f"unsupported padding mode {self.mode!r}")
+            raise InputError(f"unsupported padding mode {self.mode!r}")
 
     def forward_transform(self) -> torch.nn.Module:
         return DWTForward(J=self.levels, wave=self.wave, mode=self.mode)
@@ -42,7 +43,7 @@ class WaveletConfig:
 def coefficient_shapes(height: int, width: int, cfg: WaveletConfig) -> tuple[tuple[int, int], tuple[tuple[int, int], ...]]:
     """Spatial shapes ``(lowpass, [level 1 (finest) ... level J])`` of the DWT of an ``height x width`` image."""
     if height < 2 ** cfg.levels or width < 2 ** cfg.levels:
-        raise ValueError(
+        raise InputError(
             f"image of {height}x{width} px is too small for a {cfg.levels}-level DWT: "
             f"each side needs at least {2 ** cfg.levels} px"
         )

@@ -6,6 +6,7 @@ import pytest
 
 from amortized import cli
 from amortized.commands import shards
+from rde.errors import InputError
 
 
 def _failing(exc: BaseException):
@@ -16,19 +17,21 @@ def _failing(exc: BaseException):
 
 
 def test_bad_input_is_one_line_and_exit_2(monkeypatch, capsys):
-    monkeypatch.setattr(shards, "run", _failing(ValueError("photo.png: not an image")))
+    monkeypatch.setattr(shards, "run", _failing(InputError("photo.png: not an image")))
     assert cli.main(["shards", "somewhere"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "cartoonx shards: error: photo.png: not an image"
 
 
 def test_debug_shows_the_traceback_of_an_input_error(monkeypatch):
-    monkeypatch.setattr(shards, "run", _failing(ValueError("bad value")))
-    with pytest.raises(ValueError, match="bad value"):
-        cli.main(["--debug", "shards", "somewhere"])
+    monkeypatch.setattr(shards, "run", _failing(InputError("bad value")))
+    for argv in (["--debug", "shards", "somewhere"], ["shards", "somewhere", "--debug"]):
+        with pytest.raises(InputError, match="bad value"):
+            cli.main(argv)
 
 
-@pytest.mark.parametrize("bug", [TypeError("object() takes no arguments"), KeyError("x"), RuntimeError("boom")])
+@pytest.mark.parametrize("bug", [TypeError("object() takes no arguments"), KeyError("x"), RuntimeError("boom"),
+                                 ValueError("expected a 4-D tensor")])  # a ValueError from inside a library
 def test_a_bug_is_not_disguised_as_bad_input(monkeypatch, bug):
     monkeypatch.setattr(shards, "run", _failing(bug))
     with pytest.raises(type(bug)):

@@ -57,6 +57,7 @@ def run(args: argparse.Namespace) -> int:
     import rde
     from amortized.commands.explain import resolve_device
     from amortized.compare import Comparison, compare_inits, comparison_settings, load_finished, plot_comparison
+    from rde.errors import InputError
     from rde.init import parse_init
     from rde.io import ImageLoadError, OutputDirError, check_output_dir, load_image, preprocess
 
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     preset = rde.load_preset(args.preset).replace(precision=args.precision)
     steps = preset.steps if args.steps is None else args.steps
     if steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {steps}")
+        raise InputError(f"--steps must be >= 1, got {steps}")
     labels = [s.strip() for s in args.inits.split(",") if s.strip()]
     for label in labels:
         if label != "learned":
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         except ImageLoadError as e:
             skip(str(e))
     if not images:
-        raise ValueError(f"no readable images to compare ({skipped} input(s) skipped)")
+        raise InputError(f"no readable images to compare ({skipped} input(s) skipped)")
 
     explainer = rde.CartoonX(rde.create_classifier(args.model, device=device), preset)
     inits: dict = {label: label for label in labels}

@@ -82,10 +82,12 @@ def resolve_device(name: str) -> torch.device:
     """``auto`` -> cuda if available, else cpu; ``cuda`` without a GPU is an error."""
     import torch
 
+    from rde.errors import InputError
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: CUDA is not available on this machine (use --device cpu or auto)")
+        raise InputError("--device cuda: CUDA is not available on this machine (use --device cpu or auto)")
     return torch.device(name)
 
 
@@ -95,18 +97,19 @@ def resolve_init(spec: str, layout: MaskLayout, args: argparse.Namespace, explai
     Named inits (``ones``, ``const:C``, ``random``, ``preopt``) pass through; ``PATH.npz`` loads a mask
     saved by this command (its layout must equal ``layout``); ``learned`` predicts the mask with the
     initializer in ``args.checkpoint`` (default: the one bundled for the explainer's classifier and preset),
-    guarded. Raises ``ValueError`` for anything else.
+    guarded. Raises :class:`~rde.errors.InputError` for anything else.
     """
+    from rde.errors import InputError
     from rde.init import parse_init
 
     if spec == "learned":
         from amortized.initializer import LearnedInitializer
 
         if explainer is None:
-            raise ValueError("--init learned needs the explainer whose classifier feeds the initializer")
+            raise InputError("--init learned needs the explainer whose classifier feeds the initializer")
         return LearnedInitializer.for_explainer(explainer, getattr(args, "checkpoint", None), seed=args.seed)
     if getattr(args, "checkpoint", None) is not None:
-        raise ValueError("--checkpoint is only used with --init learned")
+        raise InputError("--checkpoint is only used with --init learned")
     if spec.endswith(".npz"):
         mask = _load_init_mask(Path(spec), layout)
         return lambda images: mask.to(images.device).unsqueeze(0).expand(images.shape[0], -1)
@@ -115,6 +118,7 @@ def resolve_init(spec: str, layout: MaskLayout, args: argparse.Namespace, explai
 
 
 def _load_init_mask(path: Path, layout: MaskLayout) -> Tensor:
+    from rde.errors import InputError
     from rde.explanation import Explanation
 
     if not path.is_file():
@@ -124,9 +128,9 @@ def _load_init_mask(path: Path, layout: MaskLayout) -> Tensor:
     except FileNotFoundError as e:
         raise FileNotFoundError(f"--init {path}: needs the {path.with_suffix('.json').name} written beside it ({e})")
     except (OSError, KeyError, ValueError, zipfile.BadZipFile) as e:
-        raise ValueError(f"--init {path}: not a mask written by 'cartoonx explain' ({e})") from None
+        raise InputError(f"--init {path}: not a mask written by 'cartoonx explain' ({e})") from None
     if saved_layout.signature != layout.signature:
-        raise ValueError(
+        raise InputError(
             f"--init {path}: its mask layout is {saved_layout.signature}, but this run uses {layout.signature}"
         )
     return mask.float()

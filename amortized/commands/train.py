@@ -24,10 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(_accepts_extra=True)
 
 
-class MissingDependencyError(ValueError):
-    """A package that training (or a logger or callback named in its config) needs is not installed."""
-
-
 def resolve_config(text: str) -> str:
     """An existing YAML file as given, else the packaged train config of that name (``cpu`` -> its path)."""
     from rde.configs import config_path, list_configs
@@ -49,11 +45,13 @@ def run(args: argparse.Namespace) -> int:
         from amortized.training import cli_main
 
         cli_main(argv + list(getattr(args, "extra", [])))
-    except ModuleNotFoundError as e:
+    except ModuleNotFoundError as e:  # a package that training, or a logger or callback in the config, needs
+        from rde.errors import InputError
+
         if e.name and e.name.split(".")[0] in ("rde", "amortized"):
             raise  # our own module missing is a bug, not a missing dependency
         what = f"the package {e.name!r}, which is not installed" if e.name else str(e).splitlines()[0]
-        raise MissingDependencyError(
+        raise InputError(
             f"training with {', '.join(args.config)} needs {what}; install it, or drop the logger or callback "
             "that uses it from the config"
         ) from e

@@ -24,6 +24,7 @@ from rde.io import check_output_dir
 
 from amortized.shards.reader import SampleSpec, cached_shard_keys, checked_samples
 from amortized.shards.writer import rewrite_shard
+from rde.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ class ShardIndex:
         size = preset["image_size"]
         layout = MaskLayout.for_wavelet(size, size, WaveletConfig(**preset["wavelet"]))
         if layout.signature != self.config["layout"]:
-            raise ValueError(f"{self.directory}: manifest layout {self.config['layout']} != {layout.signature}")
+            raise InputError(f"{self.directory}: manifest layout {self.config['layout']} != {layout.signature}")
         return layout
 
     def counts(self, split: str = "all", val_fraction: float = 1 / 8) -> list[int]:
@@ -71,7 +72,7 @@ def _read_checked_manifest(shard_dir: Path) -> dict[str, Any]:
     if manifest is None:
         raise FileNotFoundError(f"{shard_dir}: not a shard directory (no {MANIFEST}); create it with cartoonx generate")
     if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{shard_dir}/{MANIFEST}: format {manifest.get('format')!r} v{manifest.get('format_version')}, "
+        raise InputError(f"{shard_dir}/{MANIFEST}: format {manifest.get('format')!r} v{manifest.get('format_version')}, "
                          f"expected {FORMAT!r} v{FORMAT_VERSION}")
     return manifest
 

@@ -21,6 +21,7 @@ from amortized.shards.naming import (
     parse_shard_name,
 )
 from amortized.shards.reader import cached_shard_keys
+from rde.errors import InputError
 
 PACKAGE = "fastcartoonx"
 
@@ -33,7 +34,7 @@ def read_manifest(shard_dir: str | Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise InputError(f"{path}: not valid JSON ({e})") from None
 
 
 def package_version() -> str:

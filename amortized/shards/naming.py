@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from rde.errors import InputError
 
 FORMAT = "fastcartoonx-masks"
 FORMAT_VERSION = 1
@@ -20,11 +21,11 @@ _TMP_RE = re.compile(r"^masks-[0-9a-f]+-r\d+-\d{6}\.tar(\.gz)?\.tmp$")
 _FAILURE_GLOB = "failed-r*.jsonl"
 
 
-class CorruptShardError(ValueError):
+class CorruptShardError(InputError):
     """A shard that cannot be read completely; the message names the file."""
 
 
-class ConfigMismatchError(ValueError):
+class ConfigMismatchError(InputError):
     """A shard directory holding targets made with a different configuration."""
 
 

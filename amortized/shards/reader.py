@@ -14,6 +14,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from amortized.shards.naming import CURVE_NAMES, FIELDS, CorruptShardError
+from rde.errors import InputError
 
 NUM_CLASSES = 1000  # every registered classifier explains the ImageNet-1k classes
 
@@ -106,7 +107,7 @@ def read_samples(path: str | Path) -> Iterator[dict[str, Any]]:
             raise CorruptShardError(f"{path}: sample {key!r} {e}") from None
 
 
-class SampleError(ValueError):
+class SampleError(InputError):
     """A sample whose fields cannot be decoded; the message is the reason (no shard or key)."""
 
 

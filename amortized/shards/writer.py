@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from amortized.shards.naming import CURVE_NAMES
+from rde.errors import InputError
 
 MTIME = 1_700_000_000  # pinned member mtime: identical samples give identical tar bytes
 
@@ -34,13 +35,13 @@ def make_sample(
         meta: JSON-serializable metadata.
     """
     if "." in key or not key:
-        raise ValueError(f"sample key {key!r} must be non-empty and contain no dots")
+        raise InputError(f"sample key {key!r} must be non-empty and contain no dots")
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
-        raise ValueError(f"{key}: image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+        raise InputError(f"{key}: image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
     if mask.ndim != 1:
-        raise ValueError(f"{key}: mask must be flat (k,), got shape {mask.shape}")
+        raise InputError(f"{key}: mask must be flat (k,), got shape {mask.shape}")
     if curves.ndim != 2 or curves.shape[0] != len(CURVE_NAMES):
-        raise ValueError(f"{key}: curves must be ({len(CURVE_NAMES)}, N), got shape {curves.shape}")
+        raise InputError(f"{key}: curves must be ({len(CURVE_NAMES)}, N), got shape {curves.shape}")
     return {
         "__key__": key,
         "png": image,
@@ -73,7 +74,7 @@ class AtomicShardWriter:
         on_shard: Callable[[Path, list[str]], None] | None = None,
     ) -> None:
         if maxcount < 1:
-            raise ValueError(f"shard size must be a positive number of samples, got {maxcount}")
+            raise InputError(f"shard size must be a positive number of samples, got {maxcount}")
         self.pattern = pattern
         self.maxcount = maxcount
         self.start_shard = start_shard

@@ -11,13 +11,14 @@ from __future__ import annotations
 import difflib
 from importlib import resources
 from pathlib import Path
+from rde.errors import InputError
 
 KINDS = ("presets", "train")
 
 
 def _folder(kind: str) -> Path:
     if kind not in KINDS:
-        raise ValueError(f"unknown config kind {kind!r}; choose one of {', '.join(KINDS)}")
+        raise InputError(f"unknown config kind {kind!r}; choose one of {', '.join(KINDS)}")
     return Path(str(resources.files(__name__).joinpath(kind)))
 
 
@@ -38,5 +39,5 @@ def config_path(kind: str, name: str) -> Path:
         close = difflib.get_close_matches(name, available, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         label = "preset" if kind == "presets" else "train config"
-        raise ValueError(f"unknown {label} {name!r}; available: {', '.join(available) or 'none'}.{hint}")
+        raise InputError(f"unknown {label} {name!r}; available: {', '.join(available) or 'none'}.{hint}")
     return path

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from rde import RDEConfig, WaveletConfig, list_presets, load_preset
+from rde.errors import InputError
 
 
 def test_named_presets():
@@ -37,11 +38,14 @@ def test_yaml_file_preset(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.yaml"):
         load_preset(tmp_path / "missing.yaml")
     (tmp_path / "typo.yaml").write_text("lamda: 3\n")
-    with pytest.raises(ValueError, match=r"unknown preset keys \['lamda'\]"):
+    with pytest.raises(InputError, match=r"unknown preset keys \['lamda'\]"):
         load_preset(tmp_path / "typo.yaml")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
-    with pytest.raises(ValueError, match="YAML mapping"):
+    with pytest.raises(InputError, match="YAML mapping"):
         load_preset(tmp_path / "list.yaml")
+    (tmp_path / "broken.yaml").write_text("lam: [3\n")
+    with pytest.raises(InputError, match="broken.yaml: not valid YAML"):
+        load_preset(tmp_path / "broken.yaml")
 
 
 def test_unknown_preset_suggests_close_names():
