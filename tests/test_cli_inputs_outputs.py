@@ -59,6 +59,29 @@ def test_explain_replaces_earlier_outputs_only_with_overwrite(tmp_path, capsys):
     assert main(["explain", str(write_photo(tmp_path / "b.png", 1)), *TINY, "--steps", "0", "--out", str(out)]) == 0
 
 
+def test_explain_resume_keeps_finished_images_and_refuses_other_settings(tmp_path, capsys):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    a, b, c = (write_photo(photos / f"{n}.png", i) for i, n in enumerate("abc"))
+    out = tmp_path / "out"
+    assert main(["explain", str(a), str(b), *TINY, "--steps", "2", "--out", str(out)]) == 0
+    finished = (out / "a.json").read_text()
+    cut = json.loads((out / "b.json").read_text())
+    del cut["seconds"]  # as if killed between b's files
+    (out / "b.json").write_text(json.dumps(cut))
+    capsys.readouterr()
+    assert main(["explain", str(photos), *TINY, "--steps", "2", "--out", str(out), "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "resuming, 1 image(s) already in" in captured.err and "explained 2 of 2" in captured.out
+    assert (out / "a.json").read_text() == finished  # kept, not recomputed
+    assert "seconds" in json.loads((out / "b.json").read_text()) and (out / "c.json").exists()
+    assert main(["explain", str(photos), *TINY, "--steps", "3", "--out", str(out), "--resume"]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "a.json was made with other settings (preset)" in line
+    with pytest.raises(SystemExit):  # argparse: not both
+        main(["explain", str(c), *TINY, "--out", str(out), "--resume", "--overwrite"])
+
+
 def test_compare_replaces_an_earlier_comparison_only_with_overwrite_or_resume(tmp_path, capsys):
     photo = write_photo(tmp_path / "a.png", 0)
     out = tmp_path / "cmp"

@@ -64,7 +64,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-samples", type=int_at_least(1), help="noise samples L per step (default: the preset's)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed, the same for every image (default: 0)")
     parser.add_argument("--out", type=Path, default=Path("explanations"), help="output directory (default: %(default)s)")
-    parser.add_argument("--overwrite", action="store_true", help="replace outputs of an earlier run in OUT")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--overwrite", action="store_true", help="replace outputs of an earlier run in OUT")
+    again.add_argument("--resume", action="store_true",
+                       help="keep the images an earlier run with the same settings finished in OUT and explain the rest")
     parser.add_argument(
         "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if available, else cpu"
     )
@@ -163,6 +166,38 @@ def check_no_earlier_outputs(out: Path, stems: list[str]) -> None:
         )
 
 
+def run_settings(args: argparse.Namespace, config: Any) -> dict[str, Any]:
+    """What decides an explanation besides the image: compared with an earlier run's on --resume."""
+    preset = {k: v for k, v in config.to_dict().items() if k != "name"}
+    settings = {"method": args.method, "model": args.model, "preset": preset, "init": args.init, "seed": args.seed}
+    return json.loads(json.dumps(settings))  # as it reads back from a .json (tuples become lists)
+
+
+def finished_stems(out: Path, stems: list[str], settings: dict[str, Any]) -> set[str]:
+    """The stems an earlier run finished in ``out`` (its ``.json``, written last, is complete); refuses an
+    earlier run made with other settings rather than mixing two runs in one folder."""
+    from rde.errors import InputError
+
+    done = set()
+    for stem in stems:
+        try:
+            meta = json.loads((out / f"{stem}.json").read_text())
+        except (OSError, ValueError):
+            continue  # not there, or cut off: explained again
+        if "seconds" not in meta:
+            continue  # interrupted between its files
+        config = meta.get("config", {})
+        saved = {"method": config.get("method"), "model": config.get("model"),
+                 "preset": {k: v for k, v in config.get("preset", {}).items() if k != "name"},
+                 "init": config.get("init"), "seed": config.get("seed")}
+        if saved != settings:
+            diff = ", ".join(k for k in settings if saved.get(k) != settings[k])
+            raise InputError(f"--out {out}: {stem}.json was made with other settings ({diff}); "
+                             "use --overwrite or another --out")
+        done.add(stem)
+    return done
+
+
 def _batches(
     paths: list[tuple[Path, str]], size: int, batch_size: int, on_error: Callable[[Path, str], None]
 ) -> Iterator[tuple[list[tuple[Path, str]], Tensor]]:
@@ -222,7 +257,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"cartoonx explain: no images to explain; {failed} input(s) skipped", file=sys.stderr)
         return 1
     stems = output_stems(paths)
-    if not args.overwrite:
+    if args.resume:
+        done_stems = finished_stems(args.out, stems, run_settings(args, config))
+        if done_stems:
+            print(f"cartoonx explain: resuming, {len(done_stems)} image(s) already in {args.out}", file=sys.stderr)
+        paths, stems = [p for p, s in zip(paths, stems) if s not in done_stems], [s for s in stems if s not in done_stems]
+    elif not args.overwrite:
         check_no_earlier_outputs(args.out, stems)
     classifier = rde.create_classifier(args.model, device=device)
     explainer = method_cls(classifier, preset=config)
@@ -263,8 +303,9 @@ def run(args: argparse.Namespace) -> int:
             }
             base = args.out / stem
             _, json_path = one.save(base)
-            _add_to_json(json_path, history={k: v[0].tolist() for k, v in one.history.items()}, seconds=seconds)
             plot_explanation(one, 0, base.with_name(base.name + ".png"))
+            # Last and atomic: a .json with "seconds" marks the image finished for --resume.
+            _add_to_json(json_path, history={k: v[0].tolist() for k, v in one.history.items()}, seconds=seconds)
             loss = f"{float(one.loss[0, -1]):.4g}" if one.loss.shape[1] else "n/a"
             tqdm.write(
                 f"{path}: {one.class_names[0]} (class {int(one.targets[0])}) p={float(one.target_probs[0]):.3f} "
@@ -279,6 +320,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _add_to_json(path: Path, **fields) -> None:
+    from rde.io import write_json_atomic
+
     meta = json.loads(path.read_text())
     meta.update(fields)
-    path.write_text(json.dumps(meta, indent=2, default=str))
+    write_json_atomic(path, meta)
