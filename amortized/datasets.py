@@ -28,6 +28,7 @@ from typing import Callable, Literal, Sequence
 
 from rde.classifiers import imagenet_classes
 from rde.errors import InputError
+from rde.io import max_pixels
 
 LIST_SUFFIXES = (".txt", ".lst")
 DEFAULT_VAL_FRACTION = 1 / 8
@@ -128,7 +129,11 @@ def find_images(
     ``source`` is the path as recorded in metadata: relative to the folder given, the list file's line,
     or the file's name. See the module docstring for the rules. Every source or listed path that cannot
     be used goes to ``on_problem`` as one line naming it, and is skipped.
+
+    Raises:
+        InputError: a malformed ``CARTOONX_MAX_PIXELS`` (checked here, once, rather than failing every image).
     """
+    max_pixels()
     sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
     found: list[tuple[Path, str]] = []
     for src in map(Path, sources):

@@ -163,3 +163,16 @@ def test_a_folder_that_holds_out_does_not_feed_on_earlier_outputs(tmp_path, caps
     assert main([*args, "--overwrite"]) == 0  # a.png again; not explained/a.png, the figure written the first time
     assert sorted(p.name for p in out.iterdir()) == ["a.json", "a.npz", "a.png"]
     assert "explained 1 of 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["explain", "compare", "generate"])
+def test_a_malformed_pixel_bound_is_refused_once_before_any_work(tmp_path, capsys, monkeypatch, command):
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
+    monkeypatch.setenv("CARTOONX_MAX_PIXELS", "lots")
+    photo = write_photo(tmp_path / "a.png", 0)
+    opts = {"explain": TINY, "compare": COMPARE, "generate": ["--model", "tiny-test", "--preset", "tiny"]}[command]
+    assert main([command, str(photo), *opts, "--out", str(tmp_path / "out")]) == 2
+    assert "CARTOONX_MAX_PIXELS='lots': expected a number of pixels" in one_error_line(capsys.readouterr().err)
+    assert not (tmp_path / "out" / "manifest.json").exists()

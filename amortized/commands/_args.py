@@ -1,4 +1,4 @@
-"""Shared by the subcommands: argparse value types and the output-folder check; errors name the bad value."""
+"""Shared by the subcommands: argparse value types (errors name the bad value), --out filtering, --precision."""
 
 from __future__ import annotations
 
@@ -56,6 +56,6 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
     """``--precision`` (Lightning's names), passed to the optimizer as a preset override; default: the preset's."""
     parser.add_argument(
         "--precision", choices=PRECISION_CHOICES,
-        help="classifier precision: 32-true, bf16-mixed (CPU and CUDA) or 16-mixed (CUDA); mask, Adam and losses "
+        help="classifier precision: 32-true, bf16-mixed or 16-mixed (CUDA; both run, slowly, on a CPU); mask, Adam and losses "
         "stay float32 (default: the preset's, 32-true)",
     )

@@ -284,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         try:
             result = explainer.explain(images, init=init_for(images), seed=args.seed, show_progress=True)
-        except RuntimeError as e:  # e.g. out of memory on a large --batch-size: report, keep going
+        except (RuntimeError, FloatingPointError) as e:  # out of memory on a large --batch-size, 16-mixed overflow
             for path, _ in batch:
                 on_error(path, f"{path}: optimization failed ({e})")
             continue

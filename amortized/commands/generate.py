@@ -1,7 +1,7 @@
 """Generate exact CartoonX mask targets for a set of images into WebDataset shards.
 
-INPUT is an ImageFolder tree (ROOT/<wnid>/*.JPEG), a flat directory of <wnid>_*.JPEG files, or a text
-file listing image paths. Every image is optimized with the exact CartoonX optimizer for its predicted
+INPUT is an ImageFolder tree (ROOT/<wnid>/*.JPEG), a flat directory of <wnid>_*.JPEG files, a list file
+(.txt/.lst, one image path per line), or image files; folders are searched recursively. Every image is optimized with the exact CartoonX optimizer for its predicted
 class; each finished shard (masks-<config hash>-r<rank>-NNNNNN.tar.gz) appears atomically in OUT, with
 OUT/manifest.json summarizing config, shards, counts and failed images.
 
