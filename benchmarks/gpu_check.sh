@@ -56,6 +56,7 @@ if [ "$TINY" = 1 ]; then
   CL="--tiny --precision 32-true,bf16-mixed --paper-preset="
   T_BENCH=120 T_PARITY=120 T_GEN=120 T_CL=60
 else
+  OUT=${OUT:-outputs/gpu_check}  # the device tool sets OUT; a manual run writes here
   DEVICE=cuda ACCEL=gpu
   BENCH="--precision 32-true,bf16-mixed,16-mixed --batch 16,64,128 --steps 10 --rounds 2 --paper-batch 8 --paper-steps 4"
   PARITY="--limit 16 --batch 16"
