@@ -338,3 +338,37 @@ def test_real_photos_with_efficientnet(imagenet_sample, tmp_path):
         assert s["mask"].shape == (18631,) and s["image"].shape == (128, 128, 3)
         assert 0.0 <= s["mask"].min() and s["mask"].max() <= 1.0
         assert s["curves"][0, -1] < s["curves"][0, 0]  # the loss went down
+
+
+@pytest.mark.slow
+def test_two_process_ddp_spawn_writes_per_rank_series_and_each_image_once(tmp_path):
+    """Two CPU processes (Lightning ``ddp_spawn``, gloo): each rank writes its own shard series
+    (``-r0-``, ``-r1-``), every image lands exactly once, the manifest counts what is on disk, and a
+    rerun finds nothing to do. Summaries stay in the spawned processes, so this checks the disk."""
+    src = make_images(tmp_path / "img", 6)
+    out = tmp_path / "shards"
+    ddp = dict(accelerator="cpu", devices=2, strategy="ddp_spawn", batch_size=1, shard_size=2, **TINY)
+    generate_targets(src, out, **ddp)
+    manifest = json.loads((out / "manifest.json").read_text())
+    chash = manifest["config_hash"]
+    names = {p.name: S.shard_keys(p) for p in S.list_shards(out)}
+    assert sorted(names) == [f"masks-{chash}-r{r}-{i:06d}.tar.gz" for r in (0, 1) for i in (0, 1)]
+    by_rank = {r: [k for n, keys in names.items() if S.parse_shard_name(n).rank == r for k in keys] for r in (0, 1)}
+    assert len(by_rank[0]) == len(by_rank[1]) == 3 and not set(by_rank[0]) & set(by_rank[1])  # split, disjoint
+    keys = all_keys(out)
+    assert sorted(keys) == sorted(i.key for i in list_images(src)) and len(keys) == len(set(keys)) == 6
+    assert {s["name"]: s["count"] for s in manifest["shards"]} == {n: len(k) for n, k in names.items()}
+    assert {(s["rank"], s["index"]) for s in manifest["shards"]} == {(r, i) for r in (0, 1) for i in (0, 1)}
+    assert manifest["num_samples"] == 6 and manifest["num_shards"] == 4 and manifest["failed"] == []
+    assert S.verify_shards(out)[1] == [] and not list(out.glob("*.tmp")) and not (out / ".generate.lock").exists()
+    # each rank computed exactly what one process computes for the same key (seeds follow the key)
+    one = samples_by_key(out)
+    key = by_rank[1][0]
+    x = preprocess(load_image(next(i.path for i in list_images(src) if i.key == key)), 64)[None]
+    ref = CartoonX(create_classifier("tiny-test"), "tiny").explain(x, seed=key_seed(key, 0))
+    np.testing.assert_allclose(one[key]["mask"].astype(np.float32), ref.mask[0].numpy(), atol=1e-3)
+
+    before = {p.name: p.read_bytes() for p in S.list_shards(out)}
+    generate_targets(src, out, **ddp)  # resume: nothing left, nothing rewritten
+    assert {p.name: p.read_bytes() for p in S.list_shards(out)} == before
+    assert json.loads((out / "manifest.json").read_text())["num_samples"] == 6

@@ -1,8 +1,9 @@
 """The initializer's LightningModule: overfitting, risk aversion, the objective term, the probe cache, LightningCLI
-on shards (resume, config round trip), plain checkpoints, fine-tuning, wandb offline."""
+on shards (resume, config round trip), plain checkpoints, fine-tuning, `cartoonx train` with the shipped config (wandb offline)."""
 
 from __future__ import annotations
 
+import math
 import socket
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import yaml
 from torch.utils.data import DataLoader
 
 from amortized.checkpoint import CHECKPOINT_KEY, read_initializer
+from amortized.cli import main as cli_main_cartoonx
 from amortized.losses import risk_averse_mask_loss
 from amortized.module import LossConfig, MaskInitializer, NetConfig, ValidationConfig
 from amortized.training import cli_main
@@ -150,31 +152,67 @@ def test_config_round_trip(tmp_path):
     assert second.datamodule.hparams.preset == "tiny"  # linked from the model
 
 
-def test_wandb_logger_is_offline_and_makes_no_network_call(tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
-    from lightning.pytorch.loggers import WandbLogger
-
+def _forbid_network(monkeypatch) -> list:
+    """Fail every socket connection of this process to a host that is not this machine; returns the attempts."""
     attempts = []
-    real_connect = socket.socket.connect
+    real_connect, real_connect_ex = socket.socket.connect, socket.socket.connect_ex
 
-    def guarded(self, address):
-        if self.family in (socket.AF_INET, socket.AF_INET6):
-            host = address[0]
-            if host not in ("127.0.0.1", "::1", "localhost"):
+    def local_only(real):
+        def connect(self, address):
+            if self.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1", "localhost"):
                 attempts.append(address)
                 raise OSError(f"test forbids network access to {address}")
-        return real_connect(self, address)
+            return real(self, address)
+        return connect
 
-    monkeypatch.setattr(socket.socket, "connect", guarded)
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    model = _model()
-    logger = WandbLogger(project="fastcartoonx-test", save_dir=str(tmp_path), offline=True)
-    trainer = _trainer(tmp_path, max_steps=2, limit_val_batches=0, logger=logger, log_every_n_steps=1)
-    trainer.fit(model, DataLoader(_synthetic(2), batch_size=2, collate_fn=_collate))
-    logger.experiment.finish()
+    monkeypatch.setattr(socket.socket, "connect", local_only(real_connect))
+    monkeypatch.setattr(socket.socket, "connect_ex", local_only(real_connect_ex))
+    return attempts
+
+
+@pytest.mark.slow
+def test_cartoonx_train_with_the_shipped_cpu_config_logs_offline(shared_dir, tmp_path, monkeypatch):
+    """``cartoonx train --config cpu`` (the packaged recipe: CSV + wandb loggers) for one step on the shared
+    targets, from a fresh folder: no network attempt, an offline wandb run and a CSV metrics file under
+    ./runs/initializer, and a checkpoint that loads as an initializer. (The shipped configs' parsing,
+    ``shards`` included, is test_shipped_training_configs_parse.)"""
+    pytest.importorskip("wandb")
+    shards = shared_dir / "targets" / "efficientnet_lite0-cpu"
+    if not (shards / "manifest.json").exists():
+        pytest.skip(f"shared targets {shards} are absent")
+    for name in ("WANDB_MODE", "WANDB_DIR", "WANDB_API_KEY", "OMP_WAIT_POLICY"):  # as a user's shell has them
+        monkeypatch.setenv(name, "")  # recorded, so that whatever `cartoonx train` sets is undone afterwards
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))  # nothing written to ~/.config
+    monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
+    attempts = _forbid_network(monkeypatch)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    code = cli_main_cartoonx(["train", "--config", "cpu", "--data.init_args.shards", str(shards),
+                              "--data.init_args.batch_size", "2", "--trainer.max_steps", "1",
+                              "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "0",
+                              "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false"])
+    assert code == 0
     assert attempts == []
-    assert list(tmp_path.rglob("offline-run-*")), "wandb did not write an offline run"
+    root = work / "runs" / "initializer"
+    (run,) = (root / "wandb").glob("offline-run-*")  # the config's WandbLogger, offline
+    (data,) = run.glob("run-*.wandb")
+    assert data.stat().st_size > 0
+    for log in run.rglob("*.log"):  # the wandb service runs in its own process: its logs name no server either
+        assert "api.wandb.ai" not in log.read_text(errors="replace"), log
+    (metrics,) = (root / "csv").glob("version_*/metrics.csv")  # the config's CSVLogger
+    rows = metrics.read_text().splitlines()
+    header = rows[0].split(",")
+    assert "train/supervised" in header and len(rows) == 2
+    loss = float(rows[1].split(",")[header.index("train/loss")])
+    assert math.isfinite(loss) and loss > 0
+    (last,) = root.rglob("last.ckpt")
+    payload = read_initializer(last)
+    assert payload["classifier"] == "efficientnet_lite0" and payload["preset"]["name"] == "cpu"
+    assert payload["layout"] == "wavelet:db3:J5:zero:128x128"
+    assert payload["net"]["width"] == 24 and payload["net"]["head_width"] == 32  # the shipped recipe's network
+    assert payload["training"]["loss"]["under_weight"] == 4.0
 
 
 def test_init_weights_fine_tunes_from_another_checkpoint(tmp_path):
