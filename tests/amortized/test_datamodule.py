@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 from amortized import shards as S
 from amortized.datamodule import MaskShardDataModule, mask_pipeline, plan_split
 from amortized.datasets import split_of
-from tests.amortized.conftest import (
+from tests.amortized.fake_shards import (
     K,
     corrupt_png,
     fake_config,

@@ -22,7 +22,7 @@ from amortized.cli import main as cli_main
 from amortized.datasets import key_seed, list_images
 from amortized.generate import generate_targets
 from amortized.generate_data import _DirLock
-from tests.amortized.conftest import corrupt_png, flip_mask_value
+from tests.amortized.fake_shards import corrupt_png, flip_mask_value
 from rde import CartoonX, create_classifier, load_image, preprocess
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ import pytest
 from amortized import shards as S
 from amortized.datasets import split_of
 from rde.io import OutputDirError
-from tests.amortized.conftest import (
+from tests.amortized.fake_shards import (
     K,
     corrupt_png,
     fake_config,

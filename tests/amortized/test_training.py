@@ -19,7 +19,7 @@ from amortized.losses import risk_averse_mask_loss
 from amortized.module import LossConfig, MaskInitializer, NetConfig, ValidationConfig
 from amortized.training import cli_main
 from rde import WaveletRepresentation
-from tests.amortized.conftest import keys_of, write_fake_shards
+from tests.amortized.fake_shards import keys_of, write_fake_shards
 
 NO_VALIDATION = ValidationConfig(refine_steps=0)
 

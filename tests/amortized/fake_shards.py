@@ -1,6 +1,6 @@
 """Shared helpers for the shard, datamodule and training tests: fake samples and shard directories.
 
-Plain functions (import them: ``from tests.amortized.conftest import write_fake_shards``), so tests can
+Plain functions (import them: ``from tests.amortized.fake_shards import write_fake_shards``), so tests can
 build directories of any shape; the content of each fake sample is a pure function of its key.
 """
 
