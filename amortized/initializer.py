@@ -25,7 +25,7 @@ from torch import Tensor
 from amortized.checkpoint import CheckpointMismatchError, check_compatible, read_initializer
 from amortized.features import probe
 from amortized.net import MaskNet
-from rde import CartoonX, RDEConfig
+from rde import CartoonX, MaskLayout, RDEConfig
 from rde.errors import InputError
 
 BUNDLED = {("efficientnet_lite0", "cpu"): "efficientnet_lite0-cpu.pt"}
@@ -51,7 +51,9 @@ def bundled_checkpoint(classifier: str, preset: str) -> Path:
 @dataclass
 class Guard:
     """Back off a predicted mask until it keeps ``keep`` of the class probability (mean over ``samples`` noisy
-    copies, forward only), at most ``max_steps`` times. Each back-off maps ``m -> 1 - blend * (1 - m)``.
+    copies, forward only). The back-offs, tried in turn from the prediction ``m``: first ``m ** γ`` on every
+    scale but the finest level for each γ in ``powers`` (rank-preserving lifts of the network's mid-confidence
+    coefficients; default none), then ``1 - blend ** i * (1 - m)`` for i = 1 .. ``max_steps`` (toward ones).
 
     ``keep <= 0`` disables the guard. Each check costs ``samples`` classifier forward passes per image.
     """
@@ -60,12 +62,22 @@ class Guard:
     samples: int = 16
     blend: float = 0.7
     max_steps: int = 6
+    powers: tuple[float, ...] = ()  # measured, not shipped: (0.5, 0.3, 0.2, 0.12), docs/initializer.md
 
     def __post_init__(self) -> None:
         if not 0.0 < self.blend < 1.0:
             raise InputError(f"guard blend must lie in (0, 1), got {self.blend}")
         if self.samples < 1 or self.max_steps < 0:
             raise InputError(f"guard samples must be >= 1 and max_steps >= 0, got {self.samples}, {self.max_steps}")
+        object.__setattr__(self, "powers", tuple(float(p) for p in self.powers))
+        if not all(0.0 < p < 1.0 for p in self.powers):
+            raise InputError(f"guard powers must lie in (0, 1), got {self.powers}")
+
+    def backoffs(self, mask: Tensor, layout: MaskLayout) -> list[Tensor]:
+        """The masks to try, in order, after ``mask`` (B, k) fails the check."""
+        coarse = (layout.scale_index != 1).to(mask.device)  # every scale but level 1, the finest
+        lifts = [torch.where(coarse, mask**p, mask) for p in self.powers]
+        return lifts + [1.0 - self.blend**i * (1.0 - mask) for i in range(1, self.max_steps + 1)]
 
 
 class LearnedInitializer:
@@ -120,22 +132,23 @@ class LearnedInitializer:
         inputs = probe(self.explainer.classifier, rep, images, target, self.taps)
         with torch.no_grad():
             mask = self.net(inputs, rep.layout)
-        return self._guard(mask, images, inputs.targets, inputs.probs)
+        return self._guard(mask, images, inputs.targets, inputs.probs, rep.layout)
 
     @torch.no_grad()
-    def _guard(self, mask: Tensor, images: Tensor, targets: Tensor, reference: Tensor) -> Tensor:
+    def _guard(self, mask: Tensor, images: Tensor, targets: Tensor, reference: Tensor, layout: MaskLayout) -> Tensor:
         g, samples_per_step = self.guard, self.preset.num_samples
         backoffs = torch.zeros(len(images), dtype=torch.long, device=mask.device)
         checks = torch.zeros(len(images), device=mask.device)
         active = torch.ones(len(images), dtype=torch.bool, device=mask.device)
-        for step in range(g.max_steps + 1 if g.keep > 0 else 0):
+        tries = g.backoffs(mask, layout) if g.keep > 0 else []
+        for step in range(len(tries) + 1 if g.keep > 0 else 0):
             probs = self.explainer.predict_probabilities(images, mask, g.samples, seed=self.seed)
             checks += active.float()
             kept = probs.gather(1, targets[:, None]).squeeze(1) / reference.clamp_min(1e-12)
             active &= kept < g.keep
-            if step == g.max_steps or not bool(active.any()):
+            if step == len(tries) or not bool(active.any()):
                 break
-            mask = torch.where(active[:, None], 1.0 - g.blend * (1.0 - mask), mask)
+            mask = torch.where(active[:, None], tries[step], mask)
             backoffs += active.long()
         self.last_backoffs = backoffs
         # The probe is one forward+backward of the clean image; a check is `samples` forward passes. Both are

@@ -9,6 +9,7 @@ back-offs.
 
     python benchmarks/bench_fast_init.py --limit 24                                # the bundled initializer
     python benchmarks/bench_fast_init.py --limit 24 --checkpoint runs/initializer/checkpoints/last.ckpt --guard-keep 0
+    python benchmarks/bench_fast_init.py --limit 24 --guard-powers 0.5,0.3,0.2,0.12     # a guard variant
     python benchmarks/bench_fast_init.py --limit 24 --start target                 # the ceiling: the exact targets
 """
 
@@ -55,6 +56,8 @@ def main() -> None:
     p.add_argument("--start", choices=("learned", "target", "ones"), default="learned")
     p.add_argument("--checkpoint", type=Path, help="initializer (default: the bundled one)")
     p.add_argument("--guard-keep", type=float, help="override the checkpoint's guard threshold (0: no guard)")
+    p.add_argument("--guard-powers", type=lambda t: tuple(float(x) for x in t.split(",") if x),
+                   help="lifts m**p on all but the finest level, tried before the blends, e.g. 0.5,0.3,0.2,0.12")
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--preset", default="cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -72,6 +75,8 @@ def main() -> None:
         learned = LearnedInitializer.for_explainer(explainer, args.checkpoint, seed=args.seed)
         if args.guard_keep is not None:
             learned.guard = dataclasses.replace(learned.guard, keep=args.guard_keep)
+        if args.guard_powers is not None:
+            learned.guard = dataclasses.replace(learned.guard, powers=args.guard_powers)
         backoffs = []
     for i, s in enumerate(samples):  # one photo at a time: batching does not pay on a CPU
         x = s["image"][None]

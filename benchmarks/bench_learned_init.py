@@ -59,6 +59,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, help="N (default: the preset's)")
     p.add_argument("--checkpoint", type=Path)
     p.add_argument("--guard-keep", type=float, help="override the checkpoint's guard threshold (0: no guard)")
+    p.add_argument("--guard-powers", type=lambda t: tuple(float(x) for x in t.split(",") if x),
+                   help="lifts m**p on all but the finest level, tried before the blends, e.g. 0.5,0.3,0.2,0.12")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("outputs/bench-learned-init"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -76,6 +78,8 @@ def main() -> None:
     learned = LearnedInitializer.for_explainer(explainer, args.checkpoint, seed=args.seed)
     if args.guard_keep is not None:
         learned.guard = dataclasses.replace(learned.guard, keep=args.guard_keep)
+    if args.guard_powers is not None:
+        learned.guard = dataclasses.replace(learned.guard, powers=args.guard_powers)
     ckpt = args.checkpoint or "bundled"
     items = list_images(args.images, args.split)[args.offset : args.offset + args.limit]
     earlier = [args.out] if args.resume else []

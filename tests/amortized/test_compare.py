@@ -15,7 +15,7 @@ from PIL import Image
 from amortized.checkpoint import CheckpointMismatchError, check_compatible, export_checkpoint, read_initializer
 from amortized.cli import main
 from amortized.initializer import Guard, LearnedInitializer
-from rde import CartoonX, create_classifier, load_preset
+from rde import CartoonX, MaskLayout, create_classifier, load_preset
 
 NO_GUARD = Guard(keep=0.0)
 
@@ -79,6 +79,28 @@ def test_guard_backs_off_when_the_mask_destroys_the_class(tiny_checkpoint, tiny_
     assert init.last_backoffs.tolist() == [3, 3]
     # The probe plus 4 checks of 16 forward passes each, charged as steps of L=4 noisy copies.
     assert init.last_cost.tolist() == [(1 + 4 * 16) / 4] * 2
+
+
+def test_guard_powers_lift_all_but_the_finest_level_before_blending(tiny_checkpoint, tiny_explainer):
+    layout = MaskLayout.for_wavelet(64, 64)
+    m = torch.rand(2, layout.num_entries) * 0.5
+    tries = Guard(powers=(0.5, 0.25), max_steps=2).backoffs(m, layout)
+    finest = layout.scale_slice(1)
+    assert len(tries) == 4
+    for got, p in zip(tries[:2], (0.5, 0.25)):  # by hand: m ** p everywhere except level 1, which stays m
+        expected = m**p
+        expected[:, finest] = m[:, finest]
+        assert torch.allclose(got, expected)
+    assert torch.allclose(tries[3], 1 - 0.7**2 * (1 - m))  # then the blends, from the prediction itself
+    assert Guard(max_steps=2).backoffs(m, layout)[1].equal(tries[3])  # no powers: the shipped chain
+    with pytest.raises(ValueError, match="powers must lie in"):
+        Guard(powers=(1.5,))
+    raw = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD)
+    init = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint,
+                                            guard=Guard(keep=2.0, max_steps=1, powers=(0.5,)))
+    images = torch.rand(2, 3, 64, 64)
+    assert torch.allclose(init(images), 1 - 0.7 * (1 - raw(images)), atol=1e-5)  # every try failed: the last
+    assert init.last_backoffs.tolist() == [2, 2] and init.last_cost.tolist() == [(1 + 3 * 16) / 4] * 2
 
 
 def test_guard_keeps_a_mask_that_keeps_the_class(tiny_checkpoint, tiny_explainer):
