@@ -23,6 +23,7 @@ from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
+
 from rde.errors import InputError
 
 DEFAULT_CLASSIFIER = "efficientnet_lite0"

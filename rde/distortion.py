@@ -10,6 +10,7 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+
 from rde.errors import InputError
 
 DistortionFn = Callable[[Tensor, Tensor, Tensor], Tensor]

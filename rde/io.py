@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageFile, UnidentifiedImageError
 from torch import Tensor
 from torchvision.transforms import functional as TF
+
 from rde.errors import InputError
 
 

@@ -14,6 +14,7 @@ from typing import ContextManager
 
 import torch
 from torch import Tensor
+
 from rde.errors import InputError
 
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed")

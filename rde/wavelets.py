@@ -9,6 +9,7 @@ import warnings
 
 import pywt
 import torch
+
 from rde.errors import InputError
 
 with warnings.catch_warnings():  # pytorch-wavelets imports the deprecated pkg_resources

@@ -9,6 +9,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
 from rde.errors import InputError
 
 FORMAT = "fastcartoonx-masks"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 from importlib import resources
 from pathlib import Path
+
 from rde.errors import InputError
 
 KINDS = ("presets", "train")
