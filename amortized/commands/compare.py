@@ -20,9 +20,7 @@ import os
 import sys
 from pathlib import Path
 
-from amortized.commands._args import (
-    add_precision_argument, fraction, outside, positive_int,
-)
+from amortized.commands._args import add_precision_argument, fraction, outside, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/compare"), help="output directory")
     again = parser.add_mutually_exclusive_group()
     again.add_argument("--resume", action="store_true",
-                       help="keep the images already in OUT/comparison.json (same inits, steps and seed) and run the rest")
+                       help="keep the images already in OUT/comparison.json and run the rest (refused unless the inits, steps, "
+                       "classifier, preset, seed and checkpoint are the same)")
     again.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in OUT")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     add_precision_argument(parser)

@@ -26,9 +26,7 @@ if TYPE_CHECKING:
     from rde.init import InitSpec
     from rde.layout import MaskLayout
 
-from amortized.commands._args import (
-    add_precision_argument, int_at_least, non_negative_float, outside,
-)
+from amortized.commands._args import add_precision_argument, int_at_least, non_negative_float, outside
 
 METHODS = ("cartoonx", "pixel-rde")
 LEARNED_STEPS_FRACTION = 1 / 3  # default refinement after a learned init, relative to the preset's steps
