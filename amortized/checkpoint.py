@@ -17,8 +17,8 @@ import torch
 
 import rde
 from rde import RDEConfig
-from rde.layout import MaskLayout
 from rde.errors import InputError
+from rde.layout import MaskLayout
 
 CHECKPOINT_KEY = "fastcartoonx"
 FORMAT = "fastcartoonx-initializer"

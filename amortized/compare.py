@@ -26,12 +26,12 @@ import torch
 from torch import Tensor
 
 from rde import CartoonX
-from rde.init import InitSpec
-from rde.presets import RDEConfig
-from rde.metrics import collapsed, loss_at, rate_distortion_curve, reference_level, steps_to_reach
-from rde.io import write_json_atomic
-from rde.plotting import loss_curves_figure, per_image_loss_figure, side_by_side_figure
 from rde.errors import InputError
+from rde.init import InitSpec
+from rde.io import write_json_atomic
+from rde.metrics import collapsed, loss_at, rate_distortion_curve, reference_level, steps_to_reach
+from rde.plotting import loss_curves_figure, per_image_loss_figure, side_by_side_figure
+from rde.presets import RDEConfig
 
 InitFactory = Callable[[Tensor], Tensor]
 FIXED_STEPS = (10, 30, 100)

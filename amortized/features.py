@@ -23,8 +23,8 @@ import torch
 from torch import Tensor, nn
 
 from rde.classifiers import Classifier
-from rde.representation import WaveletRepresentation, greyscale
 from rde.errors import InputError
+from rde.representation import WaveletRepresentation, greyscale
 
 # Stride name -> module path inside the Classifier wrapper, finest first. Classifiers not listed here
 # give the initializer no feature maps (gradient and magnitude inputs only).

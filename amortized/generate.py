@@ -34,7 +34,6 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from tqdm.auto import tqdm
 
 import rde
-from rde.io import check_output_dir
 from amortized import shards as S
 from amortized.datasets import ImageItem, key_fraction, key_seed, list_images, report_to_stderr
 from amortized.generate_data import GenerateDataModule, failure_record
@@ -42,6 +41,7 @@ from amortized.signals import StopOnSignals, Stopped
 from rde import CartoonX, MaskLayout, RDEConfig, create_classifier, load_preset
 from rde.classifiers import Classifier
 from rde.errors import InputError
+from rde.io import check_output_dir
 
 METHOD = "cartoonx"
 INIT = "ones"

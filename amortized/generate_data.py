@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from amortized import shards as S
 from amortized.datasets import ImageItem
-from rde.io import check_output_dir, load_image, preprocess
 from rde.errors import InputError
+from rde.io import check_output_dir, load_image, preprocess
 
 LOCK_NAME = ".generate.lock"
 

@@ -7,8 +7,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from rde.layout import MaskLayout
 from rde.errors import InputError
+from rde.layout import MaskLayout
 
 
 def risk_averse_mask_loss(

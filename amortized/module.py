@@ -31,9 +31,9 @@ from amortized.losses import per_scale_abs_error, risk_averse_mask_loss
 from amortized.net import INPUTS, MaskNet
 from rde import CartoonX, create_classifier, load_preset
 from rde.classifiers import Classifier
+from rde.errors import InputError
 from rde.metrics import collapsed, loss_at
 from rde.representation import WaveletRepresentation
-from rde.errors import InputError
 
 
 @dataclass

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from amortized.features import ProbeResult
+from rde.errors import InputError
 from rde.layout import MaskLayout
 from rde.wavelets import WaveletConfig
-from rde.errors import InputError
 
 INPUTS = ("features", "gradient", "magnitude")
 

@@ -23,7 +23,15 @@ import numpy as np
 import torch
 
 import rde
-from amortized.compare import Comparison, compare_inits, comparison_settings, load_finished, ones_run, plot_comparison, wall_speedup
+from amortized.compare import (
+    Comparison,
+    compare_inits,
+    comparison_settings,
+    load_finished,
+    ones_run,
+    plot_comparison,
+    wall_speedup,
+)
 from amortized.datasets import list_images
 from amortized.initializer import LearnedInitializer
 from rde.io import load_image, preprocess

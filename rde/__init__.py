@@ -17,8 +17,8 @@ from rde.classifiers import (
     list_classifiers,
     register_classifier,
 )
-from rde.explainer import RDE, CartoonX, PixelRDE
 from rde.errors import InputError
+from rde.explainer import RDE, CartoonX, PixelRDE
 from rde.explanation import Explanation
 from rde.io import ImageLoadError, load_image, load_images, preprocess
 from rde.layout import MaskLayout

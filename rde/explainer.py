@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from rde.classifiers import Classifier, as_classifier
 from rde.distortion import get_distortion
+from rde.errors import InputError
 from rde.explanation import HISTORY_KEYS, Explanation
 from rde.init import InitSpec, make_initial_mask
 from rde.io import check_images
@@ -23,7 +24,6 @@ from rde.obfuscation import Obfuscation
 from rde.precision import LossScale, autocast, check_precision_device
 from rde.presets import RDEConfig, load_preset
 from rde.representation import Representation, create_representation, greyscale
-from rde.errors import InputError
 
 INIT_SEED_OFFSET = 0x9E3779B97F4A7C15
 TargetSpec = int | Sequence[int] | Tensor | None

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rde.layout import MaskLayout
 from rde.errors import InputError
+from rde.layout import MaskLayout
 
 HISTORY_KEYS = ("loss", "distortion", "sparsity", "spatial")
 

@@ -13,8 +13,8 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor
 
-from rde.layout import MaskLayout
 from rde.errors import InputError
+from rde.layout import MaskLayout
 
 InitSpec = str | float | Tensor
 NAMED_INITS = ("ones", "const:<c>", "random", "preopt")

@@ -18,7 +18,6 @@ from torchvision.transforms import functional as TF
 
 from rde.errors import InputError
 
-
 MAX_PIXELS_ENV = "CARTOONX_MAX_PIXELS"
 
 

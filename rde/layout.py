@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from rde.wavelets import WaveletConfig, coefficient_shapes
 from rde.errors import InputError
+from rde.wavelets import WaveletConfig, coefficient_shapes
 
 
 @dataclass(frozen=True)

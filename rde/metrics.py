@@ -7,8 +7,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from rde.explainer import RDE
 from rde.errors import InputError
+from rde.explainer import RDE
 
 
 def moving_average(curves: Tensor, window: int = 10) -> Tensor:

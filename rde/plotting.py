@@ -17,8 +17,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from rde.explanation import Explanation
 from rde.errors import InputError
+from rde.explanation import Explanation
 
 METHOD_TITLES = {"cartoonx": "CartoonX", "pixel-rde": "Pixel RDE"}
 LOG_SCALE_RATIO = 30.0  # use a log y-axis when the plotted loss terms span more than this factor

@@ -11,10 +11,10 @@ import yaml
 
 from rde.configs import config_path, list_configs
 from rde.distortion import DISTORTIONS
+from rde.errors import InputError
 from rde.obfuscation import OBFUSCATIONS
 from rde.precision import DEFAULT_PRECISION, check_precision_name
 from rde.wavelets import WaveletConfig
-from rde.errors import InputError
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from rde.errors import InputError
 from rde.layout import MaskLayout
 from rde.wavelets import WaveletConfig
-from rde.errors import InputError
 
 
 class Representation(nn.Module):

@@ -21,13 +21,7 @@ decoding, sample checks), :mod:`.manifest` (manifest, failure records, provenanc
 (open for reading, verify, open for writing).
 """
 
-from amortized.shards.directory import (
-    ShardIndex,
-    drop_bad_samples,
-    open_for_writing,
-    open_shard_dir,
-    verify_shards,
-)
+from amortized.shards.directory import ShardIndex, drop_bad_samples, open_for_writing, open_shard_dir, verify_shards
 from amortized.shards.manifest import (
     append_failures,
     build_manifest,

@@ -20,11 +20,10 @@ from amortized.shards.naming import (
     list_shards,
     remove_partial_shards,
 )
-from rde.io import check_output_dir
-
 from amortized.shards.reader import SampleSpec, cached_shard_keys, checked_samples
 from amortized.shards.writer import rewrite_shard
 from rde.errors import InputError
+from rde.io import check_output_dir
 
 log = logging.getLogger(__name__)
 

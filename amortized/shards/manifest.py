@@ -7,8 +7,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rde.io import write_json_atomic
-
 from amortized.shards.naming import (
     CURVE_NAMES,
     FIELDS,
@@ -22,6 +20,7 @@ from amortized.shards.naming import (
 )
 from amortized.shards.reader import cached_shard_keys
 from rde.errors import InputError
+from rde.io import write_json_atomic
 
 PACKAGE = "fastcartoonx"
 

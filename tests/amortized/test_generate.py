@@ -22,8 +22,8 @@ from amortized.cli import main as cli_main
 from amortized.datasets import key_seed, list_images
 from amortized.generate import generate_targets
 from amortized.generate_data import _DirLock
-from tests.amortized.fake_shards import corrupt_png, flip_mask_value
 from rde import CartoonX, create_classifier, load_image, preprocess
+from tests.amortized.fake_shards import corrupt_png, flip_mask_value
 
 REPO = Path(__file__).resolve().parents[2]
 WNIDS = ["n01440764", "n01443537", "n01484850", "n01491361", "n01494475", "n01496331", "n01498041",

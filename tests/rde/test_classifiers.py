@@ -8,7 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from rde import Classifier, create_classifier, imagenet_class_index, imagenet_classes, list_classifiers, register_classifier
+from rde import (
+    Classifier,
+    create_classifier,
+    imagenet_class_index,
+    imagenet_classes,
+    list_classifiers,
+    register_classifier,
+)
 from rde.classifiers import as_classifier
 
 
