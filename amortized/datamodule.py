@@ -257,8 +257,8 @@ def mask_pipeline(
 
     if plan is None:
         plan = plan_split(index.counts(split, val_fraction), batch_size, equalize=False)
-    spec = S.SampleSpec(index.layout().num_entries, index.config["preset"]["image_size"], index.config_hash,
-                        index.config["layout"])
+    index.layout()  # the manifest's layout must be the one its preset gives
+    spec = S.SampleSpec.from_config(index.config, index.config_hash)
     urls = [str(p) for p, _ in index.shards]
     if not urls:
         raise InputError(f"{index.directory}: no finished shards to read")
