@@ -3,13 +3,15 @@
 A shipped initializer is one dict (:data:`FORMAT`, version :data:`FORMAT_VERSION`): the classifier's
 name, the full preset it was trained for (not only its name, so it loads where that preset is unknown),
 the mask layout's signature, the feature taps, the network's plain configuration and state dict, the
-guard settings, and the training hyper-parameters and versions for the record. Nothing in it needs
+guard and warm-up settings of the start, and the training hyper-parameters and versions for the record.
+Version 3 added the warm-up (:class:`rde.warmup.Warmup`); a version-2 file reads as one without. Nothing in it needs
 Lightning, LightningCLI or jsonargparse to read. Lightning training checkpoints carry the same dict
 under :data:`CHECKPOINT_KEY`; :func:`export_checkpoint` extracts it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,12 @@ import rde
 from rde import RDEConfig
 from rde.errors import InputError
 from rde.layout import MaskLayout
+from rde.warmup import Warmup
 
 CHECKPOINT_KEY = "fastcartoonx"
 FORMAT = "fastcartoonx-initializer"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (2, 3)  # 2: no warm-up settings, which means none
 
 
 class CheckpointMismatchError(InputError):
@@ -37,6 +41,7 @@ def initializer_payload(
     state_dict: dict[str, torch.Tensor],
     training: dict[str, Any] | None = None,
     guard: dict[str, Any] | None = None,
+    warmup: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     size = preset.image_size
     return {
@@ -49,6 +54,7 @@ def initializer_payload(
         "net": _plain(net_config),
         "state_dict": {k: v.detach().cpu().clone() for k, v in state_dict.items()},
         "guard": _plain(guard or {}),
+        "warmup": _plain(warmup if warmup is not None else dataclasses.asdict(Warmup())),
         "training": _plain(training or {}),
         "versions": {"fastcartoonx": str(rde.__version__), "torch": str(torch.__version__)},
     }
@@ -72,7 +78,7 @@ def read_initializer(path: str | Path) -> dict[str, Any]:
         ckpt = ckpt[CHECKPOINT_KEY]
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise CheckpointMismatchError(f"{path}: not a FastCartoonX initializer checkpoint")
-    if ckpt.get("format_version") != FORMAT_VERSION:
+    if ckpt.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointMismatchError(
             f"{path}: initializer format version {ckpt.get('format_version')}, this FastCartoonX reads version "
             f"{FORMAT_VERSION}; retrain it with `cartoonx train`"
@@ -96,12 +102,22 @@ def check_compatible(payload: dict[str, Any], classifier: str, preset: RDEConfig
         )
 
 
-def export_checkpoint(source: str | Path, destination: str | Path, guard: dict[str, Any] | None = None) -> Path:
-    """Write the plain initializer payload of a training checkpoint (no optimizer or loop state), optionally
-    with the guard settings it ships with: what an initializer needs to ship."""
+def export_checkpoint(
+    source: str | Path,
+    destination: str | Path,
+    guard: dict[str, Any] | None = None,
+    warmup: dict[str, Any] | None = None,
+) -> Path:
+    """Write the plain initializer payload of a training checkpoint or an exported file (no optimizer or loop
+    state), optionally with the guard and warm-up settings it ships with: what an initializer needs to ship.
+    The result is in the current format (:data:`FORMAT_VERSION`)."""
     payload = read_initializer(source)
+    payload["format_version"] = FORMAT_VERSION
+    payload.setdefault("warmup", {"steps": 0})
     if guard is not None:
         payload["guard"] = _plain(guard)
+    if warmup is not None:
+        payload["warmup"] = _plain(warmup)
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, destination)

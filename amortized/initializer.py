@@ -5,11 +5,12 @@
     result = explainer.explain(images, init=start(images), steps=30)
 
 A checkpoint records the classifier, the full preset and the mask layout it was trained for; using it
-for another is refused. Every prediction goes through a cheap forward-only guard: a start that keeps
-too little of the class probability collapses the refinement (../shared/notes/initialization.md), so
-the guard backs off toward ones until enough survives. What a start costs in classifier passes (the
-probe and every guard check) is reported in :attr:`LearnedInitializer.last_cost`, in optimizer steps,
-so comparisons can charge it.
+for another is refused. The network's sparse prediction often has lost the class, which collapses the
+refinement (../shared/notes/initialization.md). So every prediction is first warmed up (:class:`rde.warmup.Warmup`:
+a short run with 2 noisy copies and a log-probability barrier, which pulls the class back without undoing the
+sparsity), then checked by a cheap forward-only guard, which backs off toward ones where the class is still
+gone. What a start costs in classifier passes (the probe, the warm-up and every guard check) is reported in
+:attr:`LearnedInitializer.last_cost`, in optimizer steps, so comparisons can charge it.
 """
 
 from __future__ import annotations
@@ -27,10 +28,11 @@ from amortized.features import probe
 from amortized.net import MaskNet
 from rde import CartoonX, MaskLayout, RDEConfig
 from rde.errors import InputError
+from rde.warmup import Warmup, WarmStart
 
 BUNDLED = {("efficientnet_lite0", "cpu"): "efficientnet_lite0-cpu.pt"}
 
-__all__ = ["BUNDLED", "CheckpointMismatchError", "Guard", "LearnedInitializer", "bundled_checkpoint"]
+__all__ = ["BUNDLED", "CheckpointMismatchError", "Guard", "LearnedInitializer", "Warmup", "bundled_checkpoint"]
 
 
 def bundled_checkpoint(classifier: str, preset: str) -> Path:
@@ -58,11 +60,11 @@ class Guard:
     ``keep <= 0`` disables the guard. Each check costs ``samples`` classifier forward passes per image.
     """
 
-    keep: float = 0.5
+    keep: float = 0.1
     samples: int = 16
     blend: float = 0.7
     max_steps: int = 6
-    powers: tuple[float, ...] = ()  # measured, not shipped: (0.5, 0.3, 0.2, 0.12), docs/initializer.md
+    powers: tuple[float, ...] = ()  # measured before the warm-up existed, not shipped: docs/initializer.md
 
     def __post_init__(self) -> None:
         if not 0.0 < self.blend < 1.0:
@@ -88,10 +90,19 @@ class LearnedInitializer:
         explainer: the :class:`~rde.CartoonX` whose optimization the masks start; its classifier feeds the
             network and the guard.
         guard: guard settings; default: the ones the checkpoint ships with.
-        seed: noise seed of the guard's checks.
+        seed: noise seed of the guard's checks and the warm-up.
+        warmup: a :class:`~rde.warmup.Warmup` run after the guard (``Warmup(steps=0)``: none); default: the one
+            the checkpoint ships with, or none.
     """
 
-    def __init__(self, payload: dict[str, Any], explainer: CartoonX, guard: Guard | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        payload: dict[str, Any],
+        explainer: CartoonX,
+        guard: Guard | None = None,
+        seed: int = 0,
+        warmup: Warmup | None = None,
+    ) -> None:
         if explainer.representation_kind != "wavelet":
             raise InputError("a learned initializer predicts CartoonX wavelet masks; it cannot start Pixel RDE")
         self.explainer = explainer
@@ -102,12 +113,18 @@ class LearnedInitializer:
         self.net.to(self.device).eval()
         self.guard = guard if guard is not None else Guard(**payload.get("guard", {}))
         self.seed = seed
+        self.warmup = warmup if warmup is not None else Warmup(**payload.get("warmup", {"steps": 0}))
         self.last_backoffs: Tensor | None = None
         self.last_cost: Tensor | None = None  # (B,) optimizer steps' worth of classifier passes
 
     @classmethod
     def for_explainer(
-        cls, explainer: CartoonX, checkpoint: str | Path | None = None, guard: Guard | None = None, seed: int = 0
+        cls,
+        explainer: CartoonX,
+        checkpoint: str | Path | None = None,
+        guard: Guard | None = None,
+        seed: int = 0,
+        warmup: Warmup | None = None,
     ) -> LearnedInitializer:
         """Load ``checkpoint`` (default: the bundled one for the explainer's classifier and preset) and check that
         it was trained for that classifier and preset."""
@@ -118,21 +135,28 @@ class LearnedInitializer:
         path = Path(checkpoint) if checkpoint is not None else bundled_checkpoint(classifier, base)
         payload = read_initializer(path)
         check_compatible(payload, classifier, preset, source=str(path))
-        return cls(payload, explainer, guard, seed)
+        return cls(payload, explainer, guard, seed, warmup)
 
     @property
     def preset(self) -> RDEConfig:
         return self.explainer.config
 
     def __call__(self, images: Tensor, target: Tensor | None = None) -> Tensor:
-        """Guarded masks ``(B, k)`` for ``images`` ``(B, 3, H, W)`` (``target``: default the predicted classes)."""
+        """Starting masks ``(B, k)`` for ``images`` ``(B, 3, H, W)``: predicted, warmed up, then guarded, so the
+        guard checks the mask the refinement starts from (``target``: default the predicted classes)."""
         images = images.to(self.device).float()
         _, _, height, width = images.shape
         rep = self.explainer.representation(height, width, self.device)
         inputs = probe(self.explainer.classifier, rep, images, target, self.taps)
         with torch.no_grad():
             mask = self.net(inputs, rep.layout)
-        return self._guard(mask, images, inputs.targets, inputs.probs, rep.layout)
+        warm_cost = 0.0
+        if self.warmup.steps:
+            warm = WarmStart(self.explainer, self.warmup, seed=self.seed)
+            mask, warm_cost = warm.warm(images, mask, inputs.targets), warm.cost
+        mask = self._guard(mask, images, inputs.targets, inputs.probs, rep.layout)
+        self.last_cost = self.last_cost + warm_cost
+        return mask
 
     @torch.no_grad()
     def _guard(self, mask: Tensor, images: Tensor, targets: Tensor, reference: Tensor, layout: MaskLayout) -> Tensor:

@@ -11,6 +11,8 @@ back-offs.
     python benchmarks/bench_fast_init.py --limit 24 --checkpoint runs/initializer/checkpoints/last.ckpt --guard-keep 0
     python benchmarks/bench_fast_init.py --limit 24 --guard-powers 0.5,0.3,0.2,0.12     # a guard variant
     python benchmarks/bench_fast_init.py --limit 24 --start target                 # the ceiling: the exact targets
+    python benchmarks/bench_fast_init.py --limit 24 --guard-keep 0.5 --warmup-steps 0  # the guarded start, no warm-up
+    python benchmarks/bench_fast_init.py --limit 24 --start ones --warmup-steps 80 --no-barrier  # a warm-up from ones
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import rde
 from amortized import shards as S
 from amortized.initializer import LearnedInitializer
 from rde.metrics import collapsed, loss_at
+from rde.warmup import Warmup, WarmStart
 
 DEFAULT_SHARDS = Path("../shared/targets/efficientnet_lite0-cpu")
 
@@ -47,6 +50,35 @@ def val_samples(shard_dir: Path, limit: int, split: str = "val") -> list[dict]:
     ]
 
 
+def add_start_arguments(p: argparse.ArgumentParser) -> None:
+    """Options that change a learned start's guard and warm-up (default: the checkpoint's)."""
+    p.add_argument("--guard-keep", type=float, help="override the checkpoint's guard threshold (0: no guard)")
+    p.add_argument("--guard-powers", type=lambda t: tuple(float(x) for x in t.split(",") if x),
+                   help="lifts m**p on all but the finest level, tried before the blends, e.g. 0.5,0.3,0.2,0.12")
+    p.add_argument("--warmup-steps", type=int, help="warm-up steps after the start (0: none)")
+    p.add_argument("--warmup-samples", type=int, help="noisy copies per warm-up step")
+    p.add_argument("--warmup-lr", type=float, help="warm-up learning rate")
+    p.add_argument("--no-barrier", action="store_true", help="warm up on the plain objective")
+
+
+def configured_warmup(args: argparse.Namespace, base: Warmup) -> Warmup:
+    """``base`` with the fields the options name replaced."""
+    fields = {"steps": args.warmup_steps, "num_samples": args.warmup_samples, "lr": args.warmup_lr}
+    changes = {k: v for k, v in fields.items() if v is not None}
+    if args.no_barrier:
+        changes["barrier"] = False
+    return dataclasses.replace(base, **changes)
+
+
+def configure_learned(learned: LearnedInitializer, args: argparse.Namespace) -> None:
+    """Apply the start options to a learned initializer in place."""
+    if args.guard_keep is not None:
+        learned.guard = dataclasses.replace(learned.guard, keep=args.guard_keep)
+    if args.guard_powers is not None:
+        learned.guard = dataclasses.replace(learned.guard, powers=args.guard_powers)
+    learned.warmup = configured_warmup(args, learned.warmup)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", type=Path, default=DEFAULT_SHARDS)
@@ -55,9 +87,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--start", choices=("learned", "target", "ones"), default="learned")
     p.add_argument("--checkpoint", type=Path, help="initializer (default: the bundled one)")
-    p.add_argument("--guard-keep", type=float, help="override the checkpoint's guard threshold (0: no guard)")
-    p.add_argument("--guard-powers", type=lambda t: tuple(float(x) for x in t.split(",") if x),
-                   help="lifts m**p on all but the finest level, tried before the blends, e.g. 0.5,0.3,0.2,0.12")
+    add_start_arguments(p)
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--preset", default="cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -70,14 +100,13 @@ def main() -> None:
     backoffs = None
     ratios, loss1, loss10, lost = [], [], [], 0
     start_time = time.perf_counter()
-    learned = None
+    learned = warm = None
     if args.start == "learned":
         learned = LearnedInitializer.for_explainer(explainer, args.checkpoint, seed=args.seed)
-        if args.guard_keep is not None:
-            learned.guard = dataclasses.replace(learned.guard, keep=args.guard_keep)
-        if args.guard_powers is not None:
-            learned.guard = dataclasses.replace(learned.guard, powers=args.guard_powers)
+        configure_learned(learned, args)
         backoffs = []
+    elif args.start == "ones" and args.warmup_steps:
+        warm = WarmStart(explainer, configured_warmup(args, Warmup()), seed=args.seed)
     for i, s in enumerate(samples):  # one photo at a time: batching does not pay on a CPU
         x = s["image"][None]
         target = torch.tensor([s["target"]])
@@ -85,6 +114,9 @@ def main() -> None:
             init = learned(x, target)
             cost[i] = learned.last_cost[0]
             backoffs.append(int(learned.last_backoffs[0]))
+        elif warm is not None:
+            init = warm(x, target)
+            cost[i] = warm.last_cost[0]
         else:
             init = s["mask"][None] if args.start == "target" else "ones"
         res = explainer.explain(x, target=target, init=init, steps=args.steps, seed=args.seed)
@@ -95,6 +127,7 @@ def main() -> None:
         lost += int(collapsed(res.history["distortion"], res.target_probs)[0])
     result = {
         "start": args.start, "checkpoint": str(args.checkpoint or "bundled"), "guard": None if learned is None else learned.guard.__dict__,
+        "warmup": dataclasses.asdict(learned.warmup if learned else warm.warmup if warm else Warmup(steps=0)),
         "photos": len(samples), "steps": args.steps, "median_ratio": statistics.median(ratios),
         "median_loss_1": statistics.median(loss1), "median_loss_10": statistics.median(loss10), "collapsed": lost,
         "median_start_cost_steps": float(cost.median()), "backoffs": backoffs,
@@ -103,7 +136,7 @@ def main() -> None:
     print(f"{len(samples)} {args.split} photos, start {args.start}, S={args.steps}: median loss@{args.steps} / exact target's "
           f"final loss {result['median_ratio']:.3f}; loss@1 {result['median_loss_1']:.3f}, loss@10 {result['median_loss_10']:.3f}; "
           f"collapsed {lost}/{len(samples)}; start cost {result['median_start_cost_steps']:.2f} steps"
-          + (f"; guard back-offs {backoffs}" if backoffs is not None else ""))
+          + (f"; guard back-offs {backoffs}" if backoffs is not None else "") + f"; warm-up {result['warmup']}")
     if args.json:
         with args.json.open("a") as f:
             f.write(json.dumps(result) + "\n")

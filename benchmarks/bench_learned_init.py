@@ -34,6 +34,7 @@ from amortized.compare import (
 )
 from amortized.datasets import list_images
 from amortized.initializer import LearnedInitializer
+from bench_fast_init import add_start_arguments, configure_learned
 from rde.io import load_image, preprocess
 from rde.metrics import reference_level
 
@@ -66,9 +67,7 @@ def main() -> None:
     p.add_argument("--preset", default="cpu")
     p.add_argument("--steps", type=int, help="N (default: the preset's)")
     p.add_argument("--checkpoint", type=Path)
-    p.add_argument("--guard-keep", type=float, help="override the checkpoint's guard threshold (0: no guard)")
-    p.add_argument("--guard-powers", type=lambda t: tuple(float(x) for x in t.split(",") if x),
-                   help="lifts m**p on all but the finest level, tried before the blends, e.g. 0.5,0.3,0.2,0.12")
+    add_start_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("outputs/bench-learned-init"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -84,15 +83,13 @@ def main() -> None:
     device = torch.device(args.device)
     explainer = rde.CartoonX(rde.create_classifier(args.model, device=device), preset)
     learned = LearnedInitializer.for_explainer(explainer, args.checkpoint, seed=args.seed)
-    if args.guard_keep is not None:
-        learned.guard = dataclasses.replace(learned.guard, keep=args.guard_keep)
-    if args.guard_powers is not None:
-        learned.guard = dataclasses.replace(learned.guard, powers=args.guard_powers)
+    configure_learned(learned, args)
     ckpt = args.checkpoint or "bundled"
     items = list_images(args.images, args.split)[args.offset : args.offset + args.limit]
     earlier = [args.out] if args.resume else []
     settings = {**comparison_settings(args.model, preset, args.seed, str(ckpt)),
-                "guard": json.loads(json.dumps(dataclasses.asdict(learned.guard)))}
+                "guard": json.loads(json.dumps(dataclasses.asdict(learned.guard))),
+                "warmup": dataclasses.asdict(learned.warmup)}
     parts = [c for c in (load_finished(d, steps, ["ones", "learned"], settings) for d in [*earlier, *args.merge])
              if c is not None]
     finished = {name for c in parts for name in c.names}
@@ -119,8 +116,9 @@ def main() -> None:
     wall = [wall_speedup(lrn, ones, steps, r) for r in reach]  # batch totals: per-image ratios are the same
     ref = reference_level(ones.history["loss"])
     zero = (lrn.history["loss"][:, 0] / ref).tolist()
-    print(f"{n} {args.split} images, {args.model}, preset {preset.name}, N={steps}, checkpoint {ckpt}, guard {learned.guard}")
-    print(f"start cost:               median {lrn.cost().median():.2f} steps (probe + guard checks, charged to steps-to-reach)")
+    print(f"{n} {args.split} images, {args.model}, preset {preset.name}, N={steps}, checkpoint {ckpt}, guard {learned.guard}, "
+          f"warm-up {learned.warmup}")
+    print(f"start cost:               median {lrn.cost().median():.2f} steps (probe, guard checks and warm-up, charged to steps-to-reach)")
     hit = [math.isfinite(r) for r in reach]
     print(f"steps-to-reach ones@{steps}: {quartiles(reach, hit)}")
     print(f"speedup N/steps:          {quartiles(speed, hit)}")

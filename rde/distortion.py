@@ -50,8 +50,28 @@ DISTORTIONS: dict[str, DistortionFn] = {
 }
 
 
+BARRIER_SUFFIX = "+barrier"
+
+
+def log_prob_barrier(reference: Tensor, logits: Tensor, target: Tensor) -> Tensor:
+    """max(0, log p_j(x) - log p_j(y)): grows without bound as the class fades, so its gradient does not vanish
+    where the label distortion's does (a softmax saturated at p_j(y) ~ 0)."""
+    ref = _target_prob(reference, target).clamp_min(1e-12).log().unsqueeze(1)
+    return (ref - _target_prob(logits.log_softmax(-1), target)).clamp_min(0.0)
+
+
+def _with_barrier(distortion: DistortionFn) -> DistortionFn:
+    def barred(reference: Tensor, logits: Tensor, target: Tensor) -> Tensor:
+        return distortion(reference, logits, target) + log_prob_barrier(reference, logits, target)
+
+    return barred
+
+
 def get_distortion(name: str) -> DistortionFn:
+    """The distortion called ``name``; ``<name>+barrier`` adds :func:`log_prob_barrier` (the warm-up's objective)."""
+    base = name.removesuffix(BARRIER_SUFFIX)
     try:
-        return DISTORTIONS[name]
+        fn = DISTORTIONS[base]
     except KeyError:
         raise InputError(f"unknown distortion {name!r}; choose one of {', '.join(DISTORTIONS)}") from None
+    return _with_barrier(fn) if name.endswith(BARRIER_SUFFIX) else fn

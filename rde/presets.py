@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 from rde.configs import config_path, list_configs
-from rde.distortion import DISTORTIONS
+from rde.distortion import get_distortion
 from rde.errors import InputError
 from rde.obfuscation import OBFUSCATIONS
 from rde.precision import DEFAULT_PRECISION, check_precision_name
@@ -27,7 +27,8 @@ class RDEConfig:
         steps: N, Adam steps.
         lr: Adam learning rate.
         lam: sparsity weight lambda in ``distortion + lam * ||s||_1 / k``.
-        distortion: one of ``label`` (paper), ``maximize-target``, ``l2``, ``kl``.
+        distortion: one of ``label`` (paper), ``maximize-target``, ``l2``, ``kl``; ``<name>+barrier`` adds a
+            log-probability barrier (what :class:`~rde.warmup.Warmup` optimizes).
         obfuscation: ``adaptive-gaussian`` (paper) or ``zero``.
         spatial_weight: weight of WaveletX's spatial l1 energy ``mean |IDWT(s * DWT(grey))|``; 0 disables it.
         wavelet: the DWT (CartoonX only).
@@ -61,8 +62,7 @@ class RDEConfig:
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or value != value or value < 0 or value == float("inf"):
                 raise InputError(f"{key} must be a finite non-negative number, got {value!r}")
-        if self.distortion not in DISTORTIONS:
-            raise InputError(f"unknown distortion {self.distortion!r}; choose one of {', '.join(DISTORTIONS)}")
+        get_distortion(self.distortion)  # an unknown name is refused here, with the known ones
         if self.obfuscation not in OBFUSCATIONS:
             raise InputError(f"unknown obfuscation {self.obfuscation!r}; choose one of {', '.join(OBFUSCATIONS)}")
         if self.samples_per_call is not None and self.samples_per_call < 1:

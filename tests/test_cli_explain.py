@@ -226,3 +226,15 @@ def test_learned_init_refuses_pixel_rde_before_any_work(tmp_path, capsys, tiny_i
     assert main(args) == 2
     assert "cannot start Pixel RDE" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_warmup_init_records_its_cost_and_refuses_a_bad_base_before_any_work(tmp_path, capsys):
+    photo = write_photo(tmp_path / "a.png", 0)
+    out = tmp_path / "out"
+    assert main(["explain", str(photo), *TINY, "--steps", "2", "--init", "ones+warmup", "--out", str(out)]) == 0
+    meta = json.loads((out / "a.json").read_text())
+    assert meta["config"]["init"] == "ones+warmup"
+    assert meta["config"]["start_steps"] == 40 * 2 / 4  # the default warm-up in steps of the tiny preset's 4 copies
+    assert meta["history"]["loss"][0] < 0.8 * 20  # all-ones would start at lambda = 20
+    assert main(["explain", str(photo), *TINY, "--init", "bogus+warmup", "--out", str(tmp_path / "bad")]) == 2
+    assert "bogus" in capsys.readouterr().err and not (tmp_path / "bad").exists()

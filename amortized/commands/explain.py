@@ -53,7 +53,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--init",
         default="ones",
         help="initial mask: ones, const:C, random, preopt, learned (the amortized initializer; default steps: "
-        "a third of the preset's), or a PATH.npz written by this command (default: %(default)s)",
+        "a third of the preset's), or a PATH.npz written by this command; append +warmup (e.g. ones+warmup) for a "
+        "cheap warm-up run first, 80 steps of 2 noisy copies at lr 0.03 (default: %(default)s)",
     )
     parser.add_argument(
         "--checkpoint", type=Path, help="initializer checkpoint for --init learned (default: the bundled one)"
@@ -98,11 +99,18 @@ def resolve_init(spec: str, layout: MaskLayout, args: argparse.Namespace, explai
     Named inits (``ones``, ``const:C``, ``random``, ``preopt``) pass through; ``PATH.npz`` loads a mask
     saved by this command (its layout must equal ``layout``); ``learned`` predicts the mask with the
     initializer in ``args.checkpoint`` (default: the one bundled for the explainer's classifier and preset),
-    guarded. Raises :class:`~rde.errors.InputError` for anything else.
+    guarded; ``<init>+warmup`` follows any of them with a :class:`~rde.warmup.WarmStart`. ``learned`` and
+    ``+warmup`` need ``explainer``. Raises :class:`~rde.errors.InputError` for anything else.
     """
     from rde.errors import InputError
     from rde.init import parse_init
+    from rde.warmup import WarmStart, split_warmup
 
+    base, warm = split_warmup(spec)
+    if warm:
+        if explainer is None:
+            raise InputError(f"--init {spec} needs the explainer whose optimizer runs the warm-up")
+        return WarmStart(explainer, base=resolve_init(base, layout, args, explainer), seed=args.seed)
     if spec == "learned":
         from amortized.initializer import LearnedInitializer
 
@@ -233,14 +241,18 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     preset = rde.load_preset(args.preset)
     steps = args.steps
-    if steps is None and args.init == "learned":
+    from rde.warmup import split_warmup
+
+    base_init, warm = split_warmup(args.init)
+    needs_explainer = warm or base_init == "learned"
+    if steps is None and base_init == "learned":
         steps = max(1, round(preset.steps * LEARNED_STEPS_FRACTION))
     config = preset.replace(steps=steps, lam=args.lam, num_samples=args.num_samples, precision=args.precision)
     method_cls = rde.CartoonX if args.method == "cartoonx" else rde.PixelRDE
     size = config.image_size
     layout = create_representation(method_cls.representation_kind, size, size, config.wavelet).layout
-    if args.init != "learned":
-        init_for = resolve_init(args.init, layout, args)  # bad --init values fail before any work
+    if base_init != "learned":
+        init_for = resolve_init(base_init, layout, args)  # bad --init values fail before any work
     check_output_dir(args.out, option="--out")
 
     failed = 0
@@ -264,7 +276,7 @@ def run(args: argparse.Namespace) -> int:
         check_no_earlier_outputs(args.out, stems)
     classifier = rde.create_classifier(args.model, device=device)
     explainer = method_cls(classifier, preset=config)
-    if args.init == "learned":
+    if needs_explainer:
         init_for = resolve_init(args.init, layout, args, explainer)
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -299,6 +311,9 @@ def run(args: argparse.Namespace) -> int:
                 "batch_size": args.batch_size,
                 "image": str(path),
             }
+            cost = getattr(init_for, "last_cost", None)  # a learned or warmed-up start's classifier passes
+            if cost is not None:
+                one.config["start_steps"] = float(cost[i])
             base = args.out / stem
             _, json_path = one.save(base)
             plot_explanation(one, 0, base.with_name(base.name + ".png"))

@@ -14,10 +14,11 @@ from PIL import Image
 
 from amortized.checkpoint import CheckpointMismatchError, check_compatible, export_checkpoint, read_initializer
 from amortized.cli import main
-from amortized.initializer import Guard, LearnedInitializer
+from amortized.initializer import Guard, LearnedInitializer, Warmup
 from rde import CartoonX, MaskLayout, create_classifier, load_preset
 
 NO_GUARD = Guard(keep=0.0)
+NO_WARMUP = Warmup(steps=0)
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def tiny_explainer():
 
 
 def test_learned_init_loads_and_predicts_a_valid_mask(tiny_checkpoint, tiny_explainer):
-    init = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD)
+    init = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD, warmup=NO_WARMUP)
     images = torch.rand(3, 3, 64, 64)
     mask = init(images)
     assert mask.shape == (3, tiny_explainer.representation(64, 64, torch.device("cpu")).layout.num_entries)
@@ -71,8 +72,8 @@ def test_not_a_checkpoint(tmp_path, tiny_explainer):
 
 
 def test_guard_backs_off_when_the_mask_destroys_the_class(tiny_checkpoint, tiny_explainer):
-    raw = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD)
-    init = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=Guard(keep=2.0, max_steps=3))
+    raw = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD, warmup=NO_WARMUP)
+    init = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=Guard(keep=2.0, max_steps=3), warmup=NO_WARMUP)
     images = torch.rand(2, 3, 64, 64)
     # An unreachable keep-ratio forces every back-off step: m -> 1 - 0.7^3 (1 - m).
     assert torch.allclose(init(images), 1 - 0.7**3 * (1 - raw(images)), atol=1e-5)
@@ -95,17 +96,35 @@ def test_guard_powers_lift_all_but_the_finest_level_before_blending(tiny_checkpo
     assert Guard(max_steps=2).backoffs(m, layout)[1].equal(tries[3])  # no powers: the shipped chain
     with pytest.raises(ValueError, match="powers must lie in"):
         Guard(powers=(1.5,))
-    raw = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD)
+    raw = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD, warmup=NO_WARMUP)
     init = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint,
-                                            guard=Guard(keep=2.0, max_steps=1, powers=(0.5,)))
+                                            guard=Guard(keep=2.0, max_steps=1, powers=(0.5,)), warmup=NO_WARMUP)
     images = torch.rand(2, 3, 64, 64)
     assert torch.allclose(init(images), 1 - 0.7 * (1 - raw(images)), atol=1e-5)  # every try failed: the last
     assert init.last_backoffs.tolist() == [2, 2] and init.last_cost.tolist() == [(1 + 3 * 16) / 4] * 2
 
 
+def test_the_prediction_is_warmed_up_before_the_guard_checks_it_and_both_are_charged(tiny_checkpoint, tiny_explainer):
+    from rde.warmup import WarmStart
+
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    warmup = Warmup(steps=3, num_samples=2)
+    raw = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD, warmup=NO_WARMUP, seed=5)
+    warmed = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD, warmup=warmup, seed=5)
+    expected = WarmStart(tiny_explainer, warmup, seed=5).warm(images, raw(images))
+    torch.testing.assert_close(warmed(images), expected)
+    assert warmed.last_cost.tolist() == [1 / 4 + 3 * 2 / 4] * 2  # the probe, then 3 steps of 2 copies
+    checked = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=Guard(keep=2.0, max_steps=1),
+                                               warmup=warmup, seed=5)
+    mask = checked(images)  # keep 2.0 always fails: one blend of the warmed-up mask toward ones
+    torch.testing.assert_close(mask, 1 - 0.7 * (1 - expected))
+    assert checked.last_cost.tolist() == [1 / 4 + 3 * 2 / 4 + 2 * 16 / 4] * 2
+    assert LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint).warmup == Warmup()  # trained default
+
+
 def test_guard_keeps_a_mask_that_keeps_the_class(tiny_checkpoint, tiny_explainer):
-    init = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=Guard(keep=1e-9))
-    raw = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD)
+    init = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=Guard(keep=1e-9), warmup=NO_WARMUP)
+    raw = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD, warmup=NO_WARMUP)
     images = torch.rand(2, 3, 64, 64)
     assert torch.equal(init(images), raw(images))
     assert init.last_backoffs.tolist() == [0, 0]
@@ -132,6 +151,25 @@ def test_compare_end_to_end(tmp_path, tiny_checkpoint):
     assert len(data["rate_distortion"]["ones"]["keep"][0]) == len(data["rate_distortion"]["ones"]["fractions"])
 
 
+def test_compare_charges_a_warmed_up_start_and_refuses_an_unused_checkpoint(tmp_path, tiny_checkpoint, capsys):
+    Image.fromarray((torch.rand(80, 90, 3) * 255).byte().numpy()).save(tmp_path / "img0.png")
+    common = ["compare", str(tmp_path / "img0.png"), "--model", "tiny-test", "--preset", "tiny", "--steps", "5",
+              "--device", "cpu", "--no-rate-distortion"]
+    out = tmp_path / "cmp"
+    assert main([*common, "--inits", "ones,ones+warmup,learned", "--checkpoint", str(tiny_checkpoint),
+                 "--out", str(out)]) == 0
+    rows = {r["init"]: r for r in csv.DictReader((out / "summary.csv").open())}
+    assert float(rows["ones+warmup"]["start_steps"]) == 40 * 2 / 4
+    # the learned start warms up itself (its checkpoint's settings): its probe and guard check come on top
+    assert float(rows["learned"]["start_steps"]) == 1 / 4 + 40 * 2 / 4 + 16 / 4
+    assert main([*common, "--inits", "ones,learned+warmup", "--checkpoint", str(tiny_checkpoint),
+                 "--out", str(tmp_path / "twice")]) == 2
+    assert "warm-up of its own" in capsys.readouterr().err
+    assert main([*common, "--inits", "ones,ones+warmup", "--checkpoint", str(tiny_checkpoint),
+                 "--out", str(tmp_path / "unused")]) == 2
+    assert "--checkpoint is only used with a learned start" in capsys.readouterr().err
+
+
 def test_compare_rejects_unknown_init(tmp_path, capsys):
     assert main(["compare", str(tmp_path), "--inits", "ones,bogus", "--model", "tiny-test", "--preset", "tiny"]) == 2
     assert "bogus" in capsys.readouterr().err
@@ -148,6 +186,24 @@ def test_exported_checkpoint_is_plain_smaller_and_predicts_the_same(tmp_path, ti
     assert LearnedInitializer.for_explainer(tiny_explainer, out).guard == Guard(keep=0.25, samples=8)
     x = torch.rand(1, 3, 64, 64)
     assert torch.equal(a(x), b(x))
+
+
+def test_the_warm_up_ships_in_the_checkpoint_and_a_version_2_file_reads_as_one_without(tmp_path, tiny_checkpoint,
+                                                                                       tiny_explainer):
+    from amortized.checkpoint import FORMAT_VERSION
+
+    out = export_checkpoint(tiny_checkpoint, tmp_path / "shipped.pt", warmup={"steps": 7, "num_samples": 1})
+    payload = torch.load(out, weights_only=True)
+    assert payload["format_version"] == FORMAT_VERSION == 3 and payload["warmup"] == {"steps": 7, "num_samples": 1}
+    assert LearnedInitializer.for_explainer(tiny_explainer, out).warmup == Warmup(steps=7, num_samples=1)
+    del payload["warmup"]
+    payload["format_version"] = 2  # what the bundled initializer of 2026-11-26 was written as
+    torch.save(payload, tmp_path / "v2.pt")
+    assert LearnedInitializer.for_explainer(tiny_explainer, tmp_path / "v2.pt").warmup.steps == 0
+    payload["format_version"] = 1
+    torch.save(payload, tmp_path / "v1.pt")
+    with pytest.raises(CheckpointMismatchError, match="format version 1"):
+        read_initializer(tmp_path / "v1.pt")
 
 
 def test_an_exported_initializer_needs_neither_lightning_nor_jsonargparse(tmp_path, tiny_checkpoint):

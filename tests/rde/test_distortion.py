@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from rde.distortion import DISTORTIONS, get_distortion, kl, l2, label, maximize_target
+from rde.errors import InputError
 
 # reference probabilities Phi(x) for two images, three classes
 REFERENCE = torch.tensor([[0.2, 0.3, 0.5], [0.0, 0.5, 0.5]])
@@ -64,3 +65,30 @@ def test_zero_when_obfuscation_matches_and_positive_otherwise(name):
 def test_unknown_distortion_lists_choices():
     with pytest.raises(ValueError, match="'mse'.*label, maximize-target, l2, kl"):
         get_distortion("mse")
+
+
+def test_log_prob_barrier_against_a_hand_computed_value_and_its_gradient_survives_saturation():
+    from rde.distortion import get_distortion, log_prob_barrier
+
+    reference = torch.tensor([[0.5, 0.25, 0.25]])
+    logits = torch.tensor([[[0.0, 0.0, 0.0], [3.0, 0.0, 0.0]]])  # p_0(y) = 1/3 (below p_0(x)), then above it
+    barrier = log_prob_barrier(reference, logits, torch.tensor([0]))
+    p_high = math.exp(3) / (math.exp(3) + 2)
+    assert barrier[0, 0].item() == pytest.approx(math.log(0.5) - math.log(1 / 3))
+    assert barrier[0, 1].item() == 0.0 and p_high > 0.5  # no penalty once the class is as likely as on x
+    combined = get_distortion("label+barrier")(reference, logits, torch.tensor([0]))
+    torch.testing.assert_close(combined, get_distortion("label")(reference, logits, torch.tensor([0])) + barrier)
+    # a class that has all but vanished: the label distortion's gradient is gone, the barrier's is not
+    faded = torch.tensor([[[-30.0, 0.0, 0.0]]], requires_grad=True)
+    get_distortion("label")(reference, faded, torch.tensor([0])).sum().backward()
+    label_grad = faded.grad.abs().max().item()
+    faded.grad = None
+    log_prob_barrier(reference, faded, torch.tensor([0])).sum().backward()
+    assert label_grad < 1e-10 and faded.grad[0, 0, 0].item() == pytest.approx(-1.0, abs=1e-6)
+
+
+def test_an_unknown_distortion_with_a_barrier_is_refused():
+    from rde.distortion import get_distortion
+
+    with pytest.raises(InputError, match="bogus"):
+        get_distortion("bogus+barrier")
