@@ -60,7 +60,7 @@ class Guard:
     ``keep <= 0`` disables the guard. Each check costs ``samples`` classifier forward passes per image.
     """
 
-    keep: float = 0.1
+    keep: float = 0.3
     samples: int = 16
     blend: float = 0.7
     max_steps: int = 6

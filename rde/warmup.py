@@ -3,14 +3,14 @@
 Adam moves a mask coefficient by about ``lr`` per step, so the all-ones start spends its first hundred
 preset steps walking the mask down (../shared/notes/initialization.md). That walk does not need the preset's
 L noisy copies per step: ``steps`` Adam steps with ``num_samples`` copies at learning rate ``lr`` cost
-``steps * num_samples / L`` preset steps of classifier passes. Measured on 12 val-split photos (cpu preset,
-docs/initializer.md), the default (80 steps of 2 copies at lr 0.03: 10 preset steps) brings the loss at
-step 30 from 37x to 3.4x the all-ones result at step 300, and its runs end 16 % lower; the last stretch
-to the optimum still needs the exact run.
+``steps * num_samples / L`` preset steps of classifier passes. A log-probability barrier (on by default,
+warm-up only) pulls back a class that a sparse start has lost, where the label distortion's gradient has
+vanished. This is what makes the learned start pay (docs/initializer.md): the network's prediction, warmed
+up for 5 preset steps' worth of passes, then refined. The last stretch to the optimum still needs the exact run.
 
     explainer = CartoonX(create_classifier("efficientnet_lite0"), "cpu")
-    start = WarmStart(explainer)                        # from all-ones; or WarmStart(explainer, base=learned)
-    result = explainer.explain(images, init=start(images), steps=90)
+    start = WarmStart(explainer)                        # from all-ones; base= takes any init or callable start
+    result = explainer.explain(images, init=start(images), steps=100)
     start.last_cost                                     # (B,) what the start cost, in preset steps
 """
 
