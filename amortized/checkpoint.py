@@ -4,8 +4,8 @@ A shipped initializer is one dict (:data:`FORMAT`, version :data:`FORMAT_VERSION
 name, the full preset it was trained for (not only its name, so it loads where that preset is unknown),
 the mask layout's signature, the feature taps, the network's plain configuration and state dict, the
 guard and warm-up settings of the start, and the training hyper-parameters and versions for the record.
-Version 3 added the warm-up (:class:`rde.warmup.Warmup`); a version-2 file reads as one without. Nothing in it needs
-Lightning, LightningCLI or jsonargparse to read. Lightning training checkpoints carry the same dict
+Version 3 added the warm-up (:class:`rde.warmup.Warmup`); a version-2 file reads as one without.
+Nothing in it needs Lightning, LightningCLI or jsonargparse to read. Lightning training checkpoints carry the same dict
 under :data:`CHECKPOINT_KEY`; :func:`export_checkpoint` extracts it.
 """
 

@@ -91,8 +91,8 @@ class LearnedInitializer:
             network and the guard.
         guard: guard settings; default: the ones the checkpoint ships with.
         seed: noise seed of the guard's checks and the warm-up.
-        warmup: a :class:`~rde.warmup.Warmup` run after the guard (``Warmup(steps=0)``: none); default: the one
-            the checkpoint ships with, or none.
+        warmup: a :class:`~rde.warmup.Warmup` run on the prediction before the guard checks it
+            (``Warmup(steps=0)``: none); default: the one the checkpoint ships with, or none.
     """
 
     def __init__(

@@ -35,7 +35,7 @@ Start = Callable[..., InitSpec]  # images (B, 3, H, W) -> an init; may report ``
 
 
 def split_warmup(label: str) -> tuple[str, bool]:
-    """A start's name and whether a warm-up follows it: ``"learned+warmup"`` -> ``("learned", True)``."""
+    """A start's name and whether a warm-up follows it: ``"ones+warmup"`` -> ``("ones", True)``."""
     if label.endswith(WARMUP_SUFFIX):
         return label[: -len(WARMUP_SUFFIX)] or "ones", True
     return label, False

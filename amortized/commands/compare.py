@@ -4,15 +4,16 @@ Every init runs the exact optimizer for N steps on the same images with the same
 OUT/loss_curves.png (median and quartiles over images, and rate-distortion curves),
 OUT/loss_curves_per_image.png, OUT/summary.csv, OUT/per_image.csv and OUT/comparison.json, and
 prints the summary table. ``learned`` uses --checkpoint, or the initializer bundled for the model
-and preset; ``<init>+warmup`` runs a cheap warm-up after the start (80 steps of 2 noisy copies at lr 0.03,
-charged as 10 preset steps). Inputs are read as by ``cartoonx explain``; those that cannot be read are named and skipped,
-and the exit code is then 1. An earlier comparison in OUT is continued with --resume or replaced with
+and preset, warmed up and guarded as its checkpoint says; ``<init>+warmup`` runs a cheap warm-up after
+any other start (40 steps of 2 noisy copies at lr 0.03 with a log-probability barrier, charged as 5 steps
+of a 16-copy preset). Inputs are read as by ``cartoonx explain``; those that cannot be read are named and
+skipped, and the exit code is then 1. An earlier comparison in OUT is continued with --resume or replaced with
 --overwrite, never silently.
 
 Examples:
   cartoonx compare examples/ --inits ones,learned --steps 100
   cartoonx compare ../shared/data/imagenet-sample --split val --limit 20 --inits ones,learned,preopt
-  cartoonx compare examples/ --inits ones,ones+warmup,learned+warmup --steps 100
+  cartoonx compare examples/ --inits ones,ones+warmup,learned --steps 100
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from amortized.commands._args import add_precision_argument, fraction, outside, 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="IMAGES_OR_DATASET",
                         help="image files, folders (searched recursively) or list files (.txt/.lst)")
-    parser.add_argument("--inits", default="ones,learned", help="comma-separated: ones, learned, const:C, random, preopt; any with +warmup (default: %(default)s)")
+    parser.add_argument("--inits", default="ones,learned",
+                        help="comma-separated: ones, learned, const:C, random, preopt; any but learned with +warmup "
+                        "(default: %(default)s)")
     parser.add_argument("--steps", type=positive_int, help="Adam steps N (default: the preset's)")
     parser.add_argument("--model", default="efficientnet_lite0", help="classifier (default: %(default)s)")
     parser.add_argument("--preset", default="cpu", help="optimizer preset (default: %(default)s)")

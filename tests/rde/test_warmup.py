@@ -44,7 +44,7 @@ def test_bad_settings_are_refused(field, value):
 
 
 def test_labels():
-    assert split_warmup("learned+warmup") == ("learned", True)
+    assert split_warmup("ones+warmup") == ("ones", True)
     assert split_warmup("const:0.5+warmup") == ("const:0.5", True)
     assert split_warmup("ones") == ("ones", False)
 
