@@ -63,6 +63,8 @@ def initializer_payload(
 def read_initializer(path: str | Path) -> dict[str, Any]:
     """The initializer payload of ``path``: an exported file, or a Lightning checkpoint written by training.
 
+    A version-2 file is returned in the current format, with no warm-up.
+
     Raises:
         FileNotFoundError: no such file.
         CheckpointMismatchError: not an initializer checkpoint, or one of an older format.
@@ -83,6 +85,8 @@ def read_initializer(path: str | Path) -> dict[str, Any]:
             f"{path}: initializer format version {ckpt.get('format_version')}, this FastCartoonX reads version "
             f"{FORMAT_VERSION}; retrain it with `cartoonx train`"
         )
+    if ckpt["format_version"] == 2:  # read as the current format: version 2 had no warm-up
+        ckpt = {**ckpt, "format_version": FORMAT_VERSION, "warmup": {"steps": 0}}
     return ckpt
 
 
@@ -110,10 +114,8 @@ def export_checkpoint(
 ) -> Path:
     """Write the plain initializer payload of a training checkpoint or an exported file (no optimizer or loop
     state), optionally with the guard and warm-up settings it ships with: what an initializer needs to ship.
-    The result is in the current format (:data:`FORMAT_VERSION`)."""
+    The result is in the current format (:data:`FORMAT_VERSION`), as everything :func:`read_initializer` returns."""
     payload = read_initializer(source)
-    payload["format_version"] = FORMAT_VERSION
-    payload.setdefault("warmup", {"steps": 0})
     if guard is not None:
         payload["guard"] = _plain(guard)
     if warmup is not None:

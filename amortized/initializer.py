@@ -113,7 +113,7 @@ class LearnedInitializer:
         self.net.to(self.device).eval()
         self.guard = guard if guard is not None else Guard(**payload.get("guard", {}))
         self.seed = seed
-        self.warmup = warmup if warmup is not None else Warmup(**payload.get("warmup", {"steps": 0}))
+        self.warmup = warmup if warmup is not None else Warmup(**payload["warmup"])
         self.last_backoffs: Tensor | None = None
         self.last_cost: Tensor | None = None  # (B,) optimizer steps' worth of classifier passes
 

@@ -100,11 +100,10 @@ class WarmStart:
 
     def __call__(self, images: Tensor, target: Tensor | None = None) -> Tensor:
         """Masks ``(B, k)`` after the warm-up (``target``: the explained classes; default the predicted ones)."""
+        init, base_cost = self.base, None
         if callable(self.base):
             init = self.base(images) if target is None else self.base(images, target)
-        else:
-            init = self.base
-        base_cost = getattr(self.base, "last_cost", None) if callable(self.base) else None
+            base_cost = getattr(self.base, "last_cost", None)
         mask = self.warm(images, init, target)
         cost = torch.full((len(images),), self.cost)
         self.last_cost = cost if base_cost is None else cost + base_cost.cpu().float()

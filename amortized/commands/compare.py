@@ -72,11 +72,11 @@ def run(args: argparse.Namespace) -> int:
     if steps < 1:
         raise InputError(f"--steps must be >= 1, got {steps}")
     labels = [s.strip() for s in args.inits.split(",") if s.strip()]
-    bases = {label: split_warmup(label)[0] for label in labels}
-    for base in bases.values():
+    starts = {label: split_warmup(label) for label in labels}  # label -> (base, warmed up)
+    for base, _ in starts.values():
         if base != "learned":
             parse_init(base)
-    uses_learned = "learned" in bases.values()
+    uses_learned = any(base == "learned" for base, _ in starts.values())
     if args.checkpoint is not None and not uses_learned:
         raise InputError("--checkpoint is only used with a learned start (--inits ...,learned)")
 
@@ -119,9 +119,9 @@ def run(args: argparse.Namespace) -> int:
 
         learned = LearnedInitializer.for_explainer(explainer, args.checkpoint, seed=args.seed)
     inits: dict = {}
-    for label, base in bases.items():
+    for label, (base, warm) in starts.items():
         start = learned if base == "learned" else base
-        inits[label] = WarmStart(explainer, base=start, seed=args.seed) if split_warmup(label)[1] else start
+        inits[label] = WarmStart(explainer, base=start, seed=args.seed) if warm else start
 
     parts = []
     if done is not None:
