@@ -4,7 +4,8 @@ A shipped initializer is one dict (:data:`FORMAT`, version :data:`FORMAT_VERSION
 name, the full preset it was trained for (not only its name, so it loads where that preset is unknown),
 the mask layout's signature, the feature taps, the network's plain configuration and state dict, the
 guard and warm-up settings of the start, and the training hyper-parameters and versions for the record.
-Version 3 added the warm-up (:class:`rde.warmup.Warmup`); a version-2 file reads as one without.
+Version 3 added the warm-up (:class:`rde.warmup.Warmup`), version 4 its pruning phase and the guard's shrinks;
+an older file reads as one without them.
 Nothing in it needs Lightning, LightningCLI or jsonargparse to read. Lightning training checkpoints carry the same dict
 under :data:`CHECKPOINT_KEY`; :func:`export_checkpoint` extracts it.
 """
@@ -25,8 +26,8 @@ from rde.warmup import Warmup
 
 CHECKPOINT_KEY = "fastcartoonx"
 FORMAT = "fastcartoonx-initializer"
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (2, 3)  # 2: no warm-up settings, which means none
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (2, 3, 4)  # 2: no warm-up settings, which means none; 3: no pruning and no shrinks
 
 
 class CheckpointMismatchError(InputError):
@@ -63,7 +64,8 @@ def initializer_payload(
 def read_initializer(path: str | Path) -> dict[str, Any]:
     """The initializer payload of ``path``: an exported file, or a Lightning checkpoint written by training.
 
-    A version-2 file is returned in the current format, with no warm-up.
+    An older file is returned in the current format, with what its version lacked switched off: a version-2
+    file has no warm-up, a version-3 file no pruning phase and no guard shrinks.
 
     Raises:
         FileNotFoundError: no such file.
@@ -85,8 +87,11 @@ def read_initializer(path: str | Path) -> dict[str, Any]:
             f"{path}: initializer format version {ckpt.get('format_version')}, this FastCartoonX reads version "
             f"{FORMAT_VERSION}; retrain it with `cartoonx train`"
         )
-    if ckpt["format_version"] == 2:  # read as the current format: version 2 had no warm-up
-        ckpt = {**ckpt, "format_version": FORMAT_VERSION, "warmup": {"steps": 0}}
+    version = ckpt["format_version"]
+    if version < FORMAT_VERSION:  # read as the current format, with what the old one lacked switched off
+        warmup = {"steps": 0} if version == 2 else ckpt["warmup"]
+        ckpt = {**ckpt, "format_version": FORMAT_VERSION, "warmup": {**warmup, "prune_steps": 0},
+                "guard": {**ckpt.get("guard", {}), "shrinks": []}}
     return ckpt
 
 

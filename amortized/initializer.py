@@ -52,12 +52,20 @@ def bundled_checkpoint(classifier: str, preset: str) -> Path:
 
 @dataclass
 class Guard:
-    """Back off a predicted mask until it keeps ``keep`` of the class probability (mean over ``samples`` noisy
-    copies, forward only). The back-offs, tried in turn from the prediction ``m``: first ``m ** γ`` on every
-    scale but the finest level for each γ in ``powers`` (rank-preserving lifts of the network's mid-confidence
-    coefficients; default none), then ``1 - blend ** i * (1 - m)`` for i = 1 .. ``max_steps`` (toward ones).
+    """Check a start and back off until it keeps ``keep`` of the class probability (mean over ``samples`` noisy
+    copies, forward only).
 
-    ``keep <= 0`` disables the guard. Each check costs ``samples`` classifier forward passes per image.
+    The masks tried, in turn, from the warmed-up prediction ``m``: first ``m`` soft-thresholded at each of
+    ``shrinks`` (``clamp((m - t) / (1 - t), 0, 1)``: the coefficients below ``t`` go to 0, the rest keep their
+    order; the exact optima are nearly binary, and most of a start's ℓ1 mass lies in small values where the
+    optimum is 0, which Adam drains only ``lr`` per step), then ``m`` itself, then ``m ** γ`` on every scale but
+    the finest level for each γ in ``powers`` (rank-preserving lifts; default none), then
+    ``1 - blend ** i * (1 - m)`` for i = 1 .. ``max_steps`` (toward ones).
+
+    The shrinks finish the warm-up's pruning phase, so a learned start tries them only on the images that phase
+    pruned (a confident class: :attr:`rde.warmup.Warmup.prune_min_prob`); the others begin with ``m``.
+    ``keep <= 0`` disables the guard: the warmed-up prediction is used as it is, unshrunk and unchecked. Each
+    check costs ``samples`` classifier forward passes per image.
     """
 
     keep: float = 0.3
@@ -65,21 +73,25 @@ class Guard:
     blend: float = 0.7
     max_steps: int = 6
     powers: tuple[float, ...] = ()  # measured before the warm-up existed, not shipped: docs/initializer.md
+    shrinks: tuple[float, ...] = (0.2, 0.1)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.blend < 1.0:
             raise InputError(f"guard blend must lie in (0, 1), got {self.blend}")
         if self.samples < 1 or self.max_steps < 0:
             raise InputError(f"guard samples must be >= 1 and max_steps >= 0, got {self.samples}, {self.max_steps}")
-        object.__setattr__(self, "powers", tuple(float(p) for p in self.powers))
-        if not all(0.0 < p < 1.0 for p in self.powers):
-            raise InputError(f"guard powers must lie in (0, 1), got {self.powers}")
+        for name in ("powers", "shrinks"):
+            values = tuple(float(p) for p in getattr(self, name))
+            object.__setattr__(self, name, values)
+            if not all(0.0 < p < 1.0 for p in values):
+                raise InputError(f"guard {name} must lie in (0, 1), got {values}")
 
-    def backoffs(self, mask: Tensor, layout: MaskLayout) -> list[Tensor]:
-        """The masks to try, in order, after ``mask`` (B, k) fails the check."""
+    def candidates(self, mask: Tensor, layout: MaskLayout) -> list[Tensor]:
+        """The masks to check, in order, for a warmed-up prediction ``mask`` (B, k)."""
+        shrunk = [((mask - t) / (1.0 - t)).clamp(0.0, 1.0) for t in self.shrinks]
         coarse = (layout.scale_index != 1).to(mask.device)  # every scale but level 1, the finest
         lifts = [torch.where(coarse, mask**p, mask) for p in self.powers]
-        return lifts + [1.0 - self.blend**i * (1.0 - mask) for i in range(1, self.max_steps + 1)]
+        return shrunk + [mask] + lifts + [1.0 - self.blend**i * (1.0 - mask) for i in range(1, self.max_steps + 1)]
 
 
 class LearnedInitializer:
@@ -150,30 +162,41 @@ class LearnedInitializer:
         inputs = probe(self.explainer.classifier, rep, images, target, self.taps)
         with torch.no_grad():
             mask = self.net(inputs, rep.layout)
-        warm_cost = 0.0
-        if self.warmup.steps:
+        warm_cost, sparsify = 0.0, None
+        if self.warmup.total_steps:
             warm = WarmStart(self.explainer, self.warmup, seed=self.seed)
-            mask, warm_cost = warm.warm(images, mask, inputs.targets), warm.cost
-        mask = self._guard(mask, images, inputs.targets, inputs.probs, rep.layout)
+            mask = warm.warm(images, mask, inputs.targets)
+            warm_cost = warm.last_warm_cost
+            sparsify = warm.last_pruned.to(mask.device) if self.warmup.prune_steps else None
+        mask = self._guard(mask, images, inputs.targets, inputs.probs, rep.layout, sparsify)
         self.last_cost = self.last_cost + warm_cost
         return mask
 
     @torch.no_grad()
-    def _guard(self, mask: Tensor, images: Tensor, targets: Tensor, reference: Tensor, layout: MaskLayout) -> Tensor:
+    def _guard(self, mask: Tensor, images: Tensor, targets: Tensor, reference: Tensor, layout: MaskLayout,
+               sparsify: Tensor | None = None) -> Tensor:
+        """Check the candidates of :meth:`Guard.candidates` in turn, per image; ``sparsify`` (B,) bool: the images
+        whose candidates begin with the shrinks (default all; the others begin with the mask itself)."""
         g, samples_per_step = self.guard, self.preset.num_samples
-        backoffs = torch.zeros(len(images), dtype=torch.long, device=mask.device)
-        checks = torch.zeros(len(images), device=mask.device)
-        active = torch.ones(len(images), dtype=torch.bool, device=mask.device)
-        tries = g.backoffs(mask, layout) if g.keep > 0 else []
-        for step in range(len(tries) + 1 if g.keep > 0 else 0):
+        batch = len(images)
+        rows = torch.arange(batch, device=mask.device)
+        candidates = torch.stack(g.candidates(mask, layout))  # (n, B, k)
+        shrink = torch.full((batch,), g.keep > 0, dtype=torch.bool, device=mask.device)  # unchecked, no shrink is safe
+        if sparsify is not None:
+            shrink &= sparsify
+        first = torch.where(shrink, 0, len(g.shrinks))
+        index = first.clone()
+        mask = candidates[index, rows]
+        checks = torch.zeros(batch, device=mask.device)
+        active = torch.full((batch,), g.keep > 0, dtype=torch.bool, device=mask.device)
+        while bool(active.any()):
             probs = self.explainer.predict_probabilities(images, mask, g.samples, seed=self.seed)
             checks += active.float()
             kept = probs.gather(1, targets[:, None]).squeeze(1) / reference.clamp_min(1e-12)
-            active &= kept < g.keep
-            if step == len(tries) or not bool(active.any()):
-                break
-            mask = torch.where(active[:, None], tries[step], mask)
-            backoffs += active.long()
+            active &= (kept < g.keep) & (index < len(candidates) - 1)  # failed, and a back-off is left
+            index += active.long()
+            mask = candidates[index, rows]
+        backoffs = index - first
         self.last_backoffs = backoffs
         # The probe is one forward+backward of the clean image; a check is `samples` forward passes. Both are
         # charged as if they were forward+backward passes of a step with `samples_per_step` noisy copies.

@@ -55,7 +55,11 @@ def add_start_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--guard-keep", type=float, help="override the checkpoint's guard threshold (0: no guard)")
     p.add_argument("--guard-powers", type=lambda t: tuple(float(x) for x in t.split(",") if x),
                    help="lifts m**p on all but the finest level, tried before the blends, e.g. 0.5,0.3,0.2,0.12")
+    p.add_argument("--guard-shrinks", type=lambda t: tuple(float(x) for x in t.split(",") if x),
+                   help="soft thresholds tried first, e.g. 0.2,0.1 ('': none)")
     p.add_argument("--warmup-steps", type=int, help="warm-up steps after the start (0: none)")
+    p.add_argument("--prune-steps", type=int, help="pruning steps after the warm-up (0: none)")
+    p.add_argument("--prune-lam", type=float, help="the pruning phase's multiple of the preset's lambda")
     p.add_argument("--warmup-samples", type=int, help="noisy copies per warm-up step")
     p.add_argument("--warmup-lr", type=float, help="warm-up learning rate")
     p.add_argument("--no-barrier", action="store_true", help="warm up on the plain objective")
@@ -63,7 +67,8 @@ def add_start_arguments(p: argparse.ArgumentParser) -> None:
 
 def configured_warmup(args: argparse.Namespace, base: Warmup) -> Warmup:
     """``base`` with the fields the options name replaced."""
-    fields = {"steps": args.warmup_steps, "num_samples": args.warmup_samples, "lr": args.warmup_lr}
+    fields = {"steps": args.warmup_steps, "num_samples": args.warmup_samples, "lr": args.warmup_lr,
+              "prune_steps": args.prune_steps, "prune_lam": args.prune_lam}
     changes = {k: v for k, v in fields.items() if v is not None}
     if args.no_barrier:
         changes["barrier"] = False
@@ -76,6 +81,8 @@ def configure_learned(learned: LearnedInitializer, args: argparse.Namespace) -> 
         learned.guard = dataclasses.replace(learned.guard, keep=args.guard_keep)
     if args.guard_powers is not None:
         learned.guard = dataclasses.replace(learned.guard, powers=args.guard_powers)
+    if args.guard_shrinks is not None:
+        learned.guard = dataclasses.replace(learned.guard, shrinks=args.guard_shrinks)
     learned.warmup = configured_warmup(args, learned.warmup)
 
 

@@ -73,7 +73,7 @@ def test_not_a_checkpoint(tmp_path, tiny_explainer):
 
 def test_guard_backs_off_when_the_mask_destroys_the_class(tiny_checkpoint, tiny_explainer):
     raw = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD, warmup=NO_WARMUP)
-    init = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=Guard(keep=2.0, max_steps=3), warmup=NO_WARMUP)
+    init = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=Guard(keep=2.0, max_steps=3, shrinks=()), warmup=NO_WARMUP)
     images = torch.rand(2, 3, 64, 64)
     # An unreachable keep-ratio forces every back-off step: m -> 1 - 0.7^3 (1 - m).
     assert torch.allclose(init(images), 1 - 0.7**3 * (1 - raw(images)), atol=1e-5)
@@ -85,7 +85,8 @@ def test_guard_backs_off_when_the_mask_destroys_the_class(tiny_checkpoint, tiny_
 def test_guard_powers_lift_all_but_the_finest_level_before_blending(tiny_checkpoint, tiny_explainer):
     layout = MaskLayout.for_wavelet(64, 64)
     m = torch.rand(2, layout.num_entries) * 0.5
-    tries = Guard(powers=(0.5, 0.25), max_steps=2).backoffs(m, layout)
+    first, *tries = Guard(powers=(0.5, 0.25), max_steps=2, shrinks=()).candidates(m, layout)
+    assert first.equal(m)  # no shrinks: the prediction is checked first
     finest = layout.scale_slice(1)
     assert len(tries) == 4
     for got, p in zip(tries[:2], (0.5, 0.25)):  # by hand: m ** p everywhere except level 1, which stays m
@@ -93,28 +94,53 @@ def test_guard_powers_lift_all_but_the_finest_level_before_blending(tiny_checkpo
         expected[:, finest] = m[:, finest]
         assert torch.allclose(got, expected)
     assert torch.allclose(tries[3], 1 - 0.7**2 * (1 - m))  # then the blends, from the prediction itself
-    assert Guard(max_steps=2).backoffs(m, layout)[1].equal(tries[3])  # no powers: the shipped chain
+    assert Guard(max_steps=2, shrinks=()).candidates(m, layout)[2].equal(tries[3])  # no powers: straight to the blends
     with pytest.raises(ValueError, match="powers must lie in"):
         Guard(powers=(1.5,))
     raw = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD, warmup=NO_WARMUP)
     init = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint,
-                                            guard=Guard(keep=2.0, max_steps=1, powers=(0.5,)), warmup=NO_WARMUP)
+                                            guard=Guard(keep=2.0, max_steps=1, powers=(0.5,), shrinks=()), warmup=NO_WARMUP)
     images = torch.rand(2, 3, 64, 64)
     assert torch.allclose(init(images), 1 - 0.7 * (1 - raw(images)), atol=1e-5)  # every try failed: the last
     assert init.last_backoffs.tolist() == [2, 2] and init.last_cost.tolist() == [(1 + 3 * 16) / 4] * 2
+
+
+def test_guard_shrinks_are_tried_first_then_the_mask_itself(tiny_checkpoint, tiny_explainer):
+    layout = MaskLayout.for_wavelet(64, 64)
+    m = torch.tensor([[0.0, 0.1, 0.2, 0.25, 0.6, 1.0]]).repeat(1, layout.num_entries // 6 + 1)[:, : layout.num_entries]
+    tries = Guard(shrinks=(0.2, 0.1), max_steps=1).candidates(m, layout)
+    by_hand = {0.2: [0.0, 0.0, 0.0, 0.0625, 0.5, 1.0], 0.1: [0.0, 0.0, 0.1 / 0.9, 0.15 / 0.9, 0.5 / 0.9, 1.0]}
+    for got, t in zip(tries[:2], (0.2, 0.1)):
+        torch.testing.assert_close(got[0, :6], torch.tensor(by_hand[t]))
+    assert tries[2].equal(m) and len(tries) == 4
+    torch.testing.assert_close(tries[3], 1 - 0.7 * (1 - m))  # the blends start from the unshrunk mask
+    with pytest.raises(ValueError, match="shrinks must lie in"):
+        Guard(shrinks=(0.0,))
+    images = torch.rand(2, 3, 64, 64)
+    raw = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD, warmup=NO_WARMUP)(images)
+    assert torch.equal(raw, LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD,
+                                                             warmup=NO_WARMUP)(images))  # no guard: no shrink
+    passing = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=Guard(keep=1e-9, shrinks=(0.3,)),
+                                               warmup=NO_WARMUP)
+    torch.testing.assert_close(passing(images), ((raw - 0.3) / 0.7).clamp(0, 1))  # the shrink keeps the class: kept
+    assert passing.last_cost.tolist() == [(1 + 16) / 4] * 2 and passing.last_backoffs.tolist() == [0, 0]
+    failing = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint,
+                                               guard=Guard(keep=2.0, max_steps=0, shrinks=(0.3,)), warmup=NO_WARMUP)
+    assert torch.equal(failing(images), raw)  # every check fails: back off from the shrink to the mask itself
+    assert failing.last_backoffs.tolist() == [1, 1] and failing.last_cost.tolist() == [(1 + 2 * 16) / 4] * 2
 
 
 def test_the_prediction_is_warmed_up_before_the_guard_checks_it_and_both_are_charged(tiny_checkpoint, tiny_explainer):
     from rde.warmup import WarmStart
 
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(3))
-    warmup = Warmup(steps=3, num_samples=2)
+    warmup = Warmup(steps=3, num_samples=2, prune_steps=0)
     raw = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD, warmup=NO_WARMUP, seed=5)
     warmed = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD, warmup=warmup, seed=5)
     expected = WarmStart(tiny_explainer, warmup, seed=5).warm(images, raw(images))
     torch.testing.assert_close(warmed(images), expected)
     assert warmed.last_cost.tolist() == [1 / 4 + 3 * 2 / 4] * 2  # the probe, then 3 steps of 2 copies
-    checked = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=Guard(keep=2.0, max_steps=1),
+    checked = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=Guard(keep=2.0, max_steps=1, shrinks=()),
                                                warmup=warmup, seed=5)
     mask = checked(images)  # keep 2.0 always fails: one blend of the warmed-up mask toward ones
     torch.testing.assert_close(mask, 1 - 0.7 * (1 - expected))
@@ -123,7 +149,7 @@ def test_the_prediction_is_warmed_up_before_the_guard_checks_it_and_both_are_cha
 
 
 def test_guard_keeps_a_mask_that_keeps_the_class(tiny_checkpoint, tiny_explainer):
-    init = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=Guard(keep=1e-9), warmup=NO_WARMUP)
+    init = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=Guard(keep=1e-9, shrinks=()), warmup=NO_WARMUP)
     raw = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD, warmup=NO_WARMUP)
     images = torch.rand(2, 3, 64, 64)
     assert torch.equal(init(images), raw(images))
@@ -159,9 +185,10 @@ def test_compare_charges_a_warmed_up_start_and_refuses_an_unused_checkpoint(tmp_
     assert main([*common, "--inits", "ones,ones+warmup,learned", "--checkpoint", str(tiny_checkpoint),
                  "--out", str(out)]) == 0
     rows = {r["init"]: r for r in csv.DictReader((out / "summary.csv").open())}
-    assert float(rows["ones+warmup"]["start_steps"]) == 40 * 2 / 4
-    # the learned start warms up itself (its checkpoint's settings): its probe and guard check come on top
-    assert float(rows["learned"]["start_steps"]) == 1 / 4 + 40 * 2 / 4 + 16 / 4
+    assert float(rows["ones+warmup"]["start_steps"]) == (40 + 20) * 2 / 4  # the tiny classifier is confident: pruned
+    # the learned start warms up itself (its checkpoint's settings): its probe and 1 to 9 guard checks come on top
+    checks = (float(rows["learned"]["start_steps"]) - 1 / 4 - (40 + 20) * 2 / 4) / (16 / 4)
+    assert checks in range(1, 10)
     assert main([*common, "--inits", "ones,learned+warmup", "--checkpoint", str(tiny_checkpoint),
                  "--out", str(tmp_path / "twice")]) == 2
     assert "warm-up of its own" in capsys.readouterr().err
@@ -188,18 +215,22 @@ def test_exported_checkpoint_is_plain_smaller_and_predicts_the_same(tmp_path, ti
     assert torch.equal(a(x), b(x))
 
 
-def test_the_warm_up_ships_in_the_checkpoint_and_a_version_2_file_reads_as_one_without(tmp_path, tiny_checkpoint,
-                                                                                       tiny_explainer):
+def test_the_warm_up_ships_in_the_checkpoint_and_older_files_read_as_ones_without(tmp_path, tiny_checkpoint,
+                                                                                    tiny_explainer):
     from amortized.checkpoint import FORMAT_VERSION
 
     out = export_checkpoint(tiny_checkpoint, tmp_path / "shipped.pt", warmup={"steps": 7, "num_samples": 1})
     payload = torch.load(out, weights_only=True)
-    assert payload["format_version"] == FORMAT_VERSION == 3 and payload["warmup"] == {"steps": 7, "num_samples": 1}
+    assert payload["format_version"] == FORMAT_VERSION == 4 and payload["warmup"] == {"steps": 7, "num_samples": 1}
     assert LearnedInitializer.for_explainer(tiny_explainer, out).warmup == Warmup(steps=7, num_samples=1)
+    payload["format_version"] = 3  # the bundled initializer of 2026-11-27: a warm-up without pruning, no shrinks
+    torch.save(payload, tmp_path / "v3.pt")
+    v3 = LearnedInitializer.for_explainer(tiny_explainer, tmp_path / "v3.pt")
+    assert v3.warmup == Warmup(steps=7, num_samples=1, prune_steps=0) and v3.guard.shrinks == ()
     del payload["warmup"]
     payload["format_version"] = 2  # what the bundled initializer of 2026-11-26 was written as
     torch.save(payload, tmp_path / "v2.pt")
-    assert LearnedInitializer.for_explainer(tiny_explainer, tmp_path / "v2.pt").warmup.steps == 0
+    assert LearnedInitializer.for_explainer(tiny_explainer, tmp_path / "v2.pt").warmup.total_steps == 0
     payload["format_version"] = 1
     torch.save(payload, tmp_path / "v1.pt")
     with pytest.raises(CheckpointMismatchError, match="format version 1"):
@@ -345,8 +376,10 @@ def test_bundled_initializer_starts_a_real_photo_below_ones():
     start = LearnedInitializer.for_explainer(explainer)
     mask = start(images)
     assert mask.shape == (1, 18631) and float(mask.min()) >= 0.0 and float(mask.max()) <= 1.0
-    assert start.warmup.steps == 40 and start.guard.keep == 0.3  # what the bundled checkpoint ships
-    assert 6 <= float(start.last_cost[0]) < 13  # the probe, the warm-up (5 steps) and 1 to 7 guard checks
+    # what the bundled checkpoint ships
+    assert start.warmup == Warmup(prune_steps=20, prune_lam=6.0) and start.guard == Guard(keep=0.3, shrinks=(0.2, 0.1))
+    # the probe (1/16), the warm-up (5 steps, 7.5 with its pruning phase) and 1 to 9 guard checks
+    assert 6 <= float(start.last_cost[0]) <= 1 / 16 + 7.5 + 9
     learned = explainer.explain(images, init=mask, steps=5).history["loss"][0, -1]
     ones = explainer.explain(images, init="ones", steps=5).history["loss"][0, -1]
     assert float(learned) < 0.75 * float(ones), (float(learned), float(ones))

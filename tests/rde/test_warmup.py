@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from rde import CartoonX, InputError, create_classifier
-from rde.warmup import WARMUP_SEED_OFFSET, Warmup, WarmStart, split_warmup
+from rde.warmup import PRUNE_SEED_OFFSET, WARMUP_SEED_OFFSET, Warmup, WarmStart, split_warmup
 
 
 @pytest.fixture(scope="module")
@@ -33,11 +35,14 @@ class FixedStart:
 
 
 def test_cost_counts_classifier_passes_in_preset_steps():
-    assert Warmup().cost(16) == 5.0  # 40 steps x 2 copies = 80 passes = 5 steps of 16 copies
-    assert Warmup(steps=6, num_samples=1).cost(4) == 1.5
+    assert Warmup().cost(16) == 7.5  # (40 + 20 pruning) steps x 2 copies = 120 passes = 7.5 steps of 16 copies
+    assert Warmup().cost(16, pruned=False) == 5.0  # a class below prune_min_prob: no pruning phase
+    assert Warmup(steps=6, num_samples=1, prune_steps=0).cost(4) == 1.5
+    assert Warmup(steps=0).cost(16) == 0 and Warmup(steps=0).total_steps == 0  # no warm-up, so no pruning either
 
 
-@pytest.mark.parametrize("field, value", [("steps", -1), ("num_samples", 0), ("steps", 2.5), ("lr", 0.0), ("lr", -1.0)])
+@pytest.mark.parametrize("field, value", [("steps", -1), ("num_samples", 0), ("steps", 2.5), ("lr", 0.0), ("lr", -1.0),
+                                          ("prune_steps", -1), ("prune_lam", 0.0)])
 def test_bad_settings_are_refused(field, value):
     with pytest.raises(InputError, match=field):
         Warmup(**{field: value})
@@ -50,7 +55,7 @@ def test_labels():
 
 
 def test_from_ones_it_is_the_exact_optimizer_with_fewer_copies_a_larger_step_and_its_own_noise(explainer, images):
-    warmup = Warmup(steps=5, num_samples=2, lr=0.05, barrier=False)
+    warmup = Warmup(steps=5, num_samples=2, lr=0.05, barrier=False, prune_steps=0)
     start = WarmStart(explainer, warmup, seed=3)
     mask = start(images)
     reference = CartoonX(explainer.classifier, explainer.config.replace(num_samples=2, lr=0.05))
@@ -60,10 +65,54 @@ def test_from_ones_it_is_the_exact_optimizer_with_fewer_copies_a_larger_step_and
     assert explainer.config.num_samples == 4 and explainer.config.lr == 0.01  # the exact explainer is untouched
 
 
+def test_the_pruning_phase_is_a_second_run_at_a_larger_lambda_and_is_charged(explainer, images):
+    warmup = Warmup(steps=3, num_samples=2, lr=0.05, prune_steps=4, prune_lam=5.0, prune_min_prob=0.0)
+    start = WarmStart(explainer, warmup, seed=3)
+    mask = start(images)
+    config = explainer.config.replace(num_samples=2, lr=0.05, distortion="label+barrier")
+    first = CartoonX(explainer.classifier, config).explain(images, init="ones", steps=3, seed=3 + WARMUP_SEED_OFFSET).mask
+    pruned = CartoonX(explainer.classifier, config.replace(lam=5.0 * explainer.config.lam))
+    torch.testing.assert_close(mask, pruned.explain(images, init=first, steps=4, seed=3 + PRUNE_SEED_OFFSET).mask)
+    assert start.last_cost.tolist() == [(3 + 4) * 2 / 4] * 2 and warmup.total_steps == 7
+    assert start.last_pruned.tolist() == [True, True] and explainer.config.lam == 20.0
+
+
+def test_only_a_confident_class_is_pruned_and_charged_for_it(explainer, images):
+    with torch.no_grad():
+        probs = explainer.classifier(images).softmax(-1).max(-1).values
+    assert probs[0] != probs[1]
+    confident = int(probs.argmax())
+    warmup = Warmup(steps=3, num_samples=2, prune_steps=4, prune_lam=5.0, prune_min_prob=float(probs.mean()))
+    start = WarmStart(explainer, warmup, seed=3)
+    mask = start(images)
+    assert start.last_pruned.tolist() == [i == confident for i in range(2)]
+    assert start.last_cost.tolist() == [(3 + 4 * (i == confident)) * 2 / 4 for i in range(2)]
+    everyone = WarmStart(explainer, dataclasses.replace(warmup, prune_min_prob=0.0), seed=3)(images)
+    nobody = WarmStart(explainer, dataclasses.replace(warmup, prune_min_prob=1.0), seed=3)(images)
+    other = 1 - confident
+    torch.testing.assert_close(mask[confident], everyone[confident])  # pruning a subset: each image its own result
+    torch.testing.assert_close(mask[other], nobody[other])
+    assert not torch.allclose(everyone[other], nobody[other])
+
+
+def test_pruning_at_a_larger_lambda_leaves_a_sparser_mask(explainer, images):
+    def warm(lam_scale):
+        warmup = Warmup(steps=10, num_samples=2, prune_steps=10, prune_lam=lam_scale, prune_min_prob=0.0)
+        return WarmStart(explainer, warmup)(images)
+
+    # Adam's step does not grow with lambda where the sparsity gradient alone acts (every coefficient moves lr per
+    # step either way); a larger lambda wins where the distortion gradient pushes back, so the masks end sparser.
+    pruned, plain = warm(8.0).sum(1), warm(1.0).sum(1)
+    assert (pruned < plain).all() and pruned.sum() < 0.95 * plain.sum()
+    none = WarmStart(explainer, Warmup(steps=0, prune_steps=2))  # no warm-up, so no pruning either
+    mask = none(images)
+    assert torch.equal(mask, torch.ones_like(mask)) and none.last_cost.tolist() == [0.0, 0.0]
+
+
 def test_a_callable_start_is_warmed_up_its_cost_added_and_the_targets_passed_on(explainer, images):
     k = explainer.representation(64, 64, torch.device("cpu")).layout.num_entries
     base = FixedStart(torch.full((1, k), 0.7), cost=1.25)
-    start = WarmStart(explainer, Warmup(steps=3, num_samples=1, lr=0.02), base=base)
+    start = WarmStart(explainer, Warmup(steps=3, num_samples=1, lr=0.02, prune_steps=0), base=base)
     targets = torch.tensor([5, 9])
     mask = start(images, targets)
     assert torch.equal(base.targets, targets)
@@ -83,8 +132,8 @@ def test_the_warm_start_begins_the_exact_run_lower_than_all_ones(explainer, imag
 
 
 def test_the_barrier_changes_the_warm_up_only(explainer, images):
-    with_barrier = WarmStart(explainer, Warmup(steps=5, num_samples=2))(images)
-    without = WarmStart(explainer, Warmup(steps=5, num_samples=2, barrier=False))(images)
+    with_barrier = WarmStart(explainer, Warmup(steps=5, num_samples=2, prune_steps=0))(images)
+    without = WarmStart(explainer, Warmup(steps=5, num_samples=2, barrier=False, prune_steps=0))(images)
     assert not torch.allclose(with_barrier, without)
     assert explainer.config.distortion == "label"
 
