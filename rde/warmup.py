@@ -5,8 +5,12 @@ preset steps walking the mask down (../shared/notes/initialization.md). That wal
 L noisy copies per step: ``steps`` Adam steps with ``num_samples`` copies at learning rate ``lr`` cost
 ``steps * num_samples / L`` preset steps of classifier passes. A log-probability barrier (on by default,
 warm-up only) pulls back a class that a sparse start has lost, where the label distortion's gradient has
-vanished. This is what makes the learned start pay (docs/initializer.md): the network's prediction, warmed
-up for 5 preset steps' worth of passes, then refined. The last stretch to the optimum still needs the exact run.
+vanished. A pruning phase follows for a confident class: more steps at a multiple of λ. With two noisy copies
+the distortion gradient is noisy, and at the preset's λ Adam moves the coefficients the class does not need
+only slowly toward 0; at 6 λ they drain in a few steps while the barrier holds the class, so the exact run
+starts sparse. This is what makes the learned start pay (docs/initializer.md): the network's prediction,
+warmed up and pruned for 7.5 preset steps' worth of passes, then refined. The last stretch to the optimum
+still needs the exact run.
 
     explainer = CartoonX(create_classifier("efficientnet_lite0"), "cpu")
     start = WarmStart(explainer)                        # from all-ones; base= takes any init or callable start
@@ -83,7 +87,8 @@ class Warmup:
     def cost(self, preset_samples: int, pruned: bool = True) -> float:
         """Classifier passes of the warm-up (and of its pruning phase where ``pruned``), in steps of a run with
         ``preset_samples`` noisy copies."""
-        return (self.total_steps - self.prune_steps * (not pruned and self.steps > 0)) * self.num_samples / preset_samples
+        steps = self.steps + (self.prune_steps if pruned and self.steps else 0)
+        return steps * self.num_samples / preset_samples
 
 
 class WarmStart:
@@ -130,11 +135,6 @@ class WarmStart:
         cost = self.last_warm_cost
         self.last_cost = cost if base_cost is None else cost + base_cost.cpu().float()
         return mask
-
-    @property
-    def cost(self) -> float:
-        """What one warm-up costs an image that is pruned, in steps of the exact explainer's preset."""
-        return self.warmup.cost(self.explainer.config.num_samples)
 
     def warm(self, images: Tensor, init: InitSpec, target: Tensor | None = None) -> Tensor:
         """Run the warm-up from ``init`` (any init :meth:`RDE.explain` takes), then its pruning phase; return the
