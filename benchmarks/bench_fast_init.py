@@ -12,6 +12,7 @@ back-offs.
     python benchmarks/bench_fast_init.py --limit 24 --guard-powers 0.5,0.3,0.2,0.12     # a guard variant
     python benchmarks/bench_fast_init.py --limit 24 --start target                 # the ceiling: the exact targets
     python benchmarks/bench_fast_init.py --limit 24 --guard-keep 0.5 --warmup-steps 0  # the guarded start, no warm-up
+    python benchmarks/bench_fast_init.py --limit 24 --prune-steps 0 --guard-shrinks ''  # warm-up, no pruning (format 3)
     python benchmarks/bench_fast_init.py --limit 24 --start ones --warmup-steps 80 --no-barrier  # a warm-up from ones
 """
 
