@@ -98,8 +98,7 @@ class WarmStart:
         explainer: the exact explainer the masks start; the warm-up runs its classifier and objective with
             :class:`Warmup`'s samples and learning rate.
         warmup: warm-up settings. Default: ``Warmup()`` (40 steps, 2 copies, lr 0.03, with the barrier, then 20
-            pruning steps at 6 λ for a class of probability >= 0.5: 7.5
-            steps of a 16-copy preset).
+            pruning steps at 6 λ for a class of probability >= 0.5: 7.5 steps of a 16-copy preset, 5 unpruned).
         base: where the warm-up starts: a named init (``"ones"``, ``"const:C"``, ...), a mask, or a callable
             ``images -> init`` such as a :class:`~amortized.initializer.LearnedInitializer`, whose ``last_cost``
             is added. Default: ``"ones"``.

@@ -73,7 +73,8 @@ def test_not_a_checkpoint(tmp_path, tiny_explainer):
 
 def test_guard_backs_off_when_the_mask_destroys_the_class(tiny_checkpoint, tiny_explainer):
     raw = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD, warmup=NO_WARMUP)
-    init = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=Guard(keep=2.0, max_steps=3, shrinks=()), warmup=NO_WARMUP)
+    init = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=Guard(keep=2.0, max_steps=3, shrinks=()),
+                                            warmup=NO_WARMUP)
     images = torch.rand(2, 3, 64, 64)
     # An unreachable keep-ratio forces every back-off step: m -> 1 - 0.7^3 (1 - m).
     assert torch.allclose(init(images), 1 - 0.7**3 * (1 - raw(images)), atol=1e-5)
@@ -130,6 +131,25 @@ def test_guard_shrinks_are_tried_first_then_the_mask_itself(tiny_checkpoint, tin
     assert failing.last_backoffs.tolist() == [1, 1] and failing.last_cost.tolist() == [(1 + 2 * 16) / 4] * 2
 
 
+def test_only_the_pruned_images_begin_with_the_shrinks(tiny_checkpoint, tiny_explainer):
+    from rde.warmup import WarmStart
+
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        probs = tiny_explainer.classifier(images).softmax(-1).max(-1).values
+    confident = int(probs.argmax())
+    warmup = Warmup(steps=2, num_samples=1, prune_steps=2, prune_min_prob=float(probs.mean()))
+    start = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=Guard(keep=1e-9, shrinks=(0.3,)),
+                                             warmup=warmup, seed=5)
+    raw = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD, warmup=NO_WARMUP, seed=5)
+    warmed = WarmStart(tiny_explainer, warmup, seed=5).warm(images, raw(images))
+    mask = start(images)
+    torch.testing.assert_close(mask[confident], ((warmed[confident] - 0.3) / 0.7).clamp(0, 1))  # pruned, shrunk
+    torch.testing.assert_close(mask[1 - confident], warmed[1 - confident])  # neither pruned nor shrunk
+    # the probe, the warm-up (2 steps of 1 copy, 2 more where pruned) and one check, in steps of 4 copies
+    assert start.last_cost.tolist() == [1 / 4 + (2 + 2 * (i == confident)) / 4 + 16 / 4 for i in range(2)]
+
+
 def test_the_prediction_is_warmed_up_before_the_guard_checks_it_and_both_are_charged(tiny_checkpoint, tiny_explainer):
     from rde.warmup import WarmStart
 
@@ -140,7 +160,8 @@ def test_the_prediction_is_warmed_up_before_the_guard_checks_it_and_both_are_cha
     expected = WarmStart(tiny_explainer, warmup, seed=5).warm(images, raw(images))
     torch.testing.assert_close(warmed(images), expected)
     assert warmed.last_cost.tolist() == [1 / 4 + 3 * 2 / 4] * 2  # the probe, then 3 steps of 2 copies
-    checked = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=Guard(keep=2.0, max_steps=1, shrinks=()),
+    checked = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint,
+                                               guard=Guard(keep=2.0, max_steps=1, shrinks=()),
                                                warmup=warmup, seed=5)
     mask = checked(images)  # keep 2.0 always fails: one blend of the warmed-up mask toward ones
     torch.testing.assert_close(mask, 1 - 0.7 * (1 - expected))
@@ -149,7 +170,8 @@ def test_the_prediction_is_warmed_up_before_the_guard_checks_it_and_both_are_cha
 
 
 def test_guard_keeps_a_mask_that_keeps_the_class(tiny_checkpoint, tiny_explainer):
-    init = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=Guard(keep=1e-9, shrinks=()), warmup=NO_WARMUP)
+    init = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=Guard(keep=1e-9, shrinks=()),
+                                            warmup=NO_WARMUP)
     raw = LearnedInitializer.for_explainer(tiny_explainer, tiny_checkpoint, guard=NO_GUARD, warmup=NO_WARMUP)
     images = torch.rand(2, 3, 64, 64)
     assert torch.equal(init(images), raw(images))

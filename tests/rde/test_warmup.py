@@ -70,7 +70,8 @@ def test_the_pruning_phase_is_a_second_run_at_a_larger_lambda_and_is_charged(exp
     start = WarmStart(explainer, warmup, seed=3)
     mask = start(images)
     config = explainer.config.replace(num_samples=2, lr=0.05, distortion="label+barrier")
-    first = CartoonX(explainer.classifier, config).explain(images, init="ones", steps=3, seed=3 + WARMUP_SEED_OFFSET).mask
+    first = CartoonX(explainer.classifier, config).explain(images, init="ones", steps=3, seed=3 + WARMUP_SEED_OFFSET)
+    first = first.mask
     pruned = CartoonX(explainer.classifier, config.replace(lam=5.0 * explainer.config.lam))
     torch.testing.assert_close(mask, pruned.explain(images, init=first, steps=4, seed=3 + PRUNE_SEED_OFFSET).mask)
     assert start.last_cost.tolist() == [(3 + 4) * 2 / 4] * 2 and warmup.total_steps == 7
