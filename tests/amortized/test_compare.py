@@ -207,9 +207,11 @@ def test_compare_charges_a_warmed_up_start_and_refuses_an_unused_checkpoint(tmp_
     assert main([*common, "--inits", "ones,ones+warmup,learned", "--checkpoint", str(tiny_checkpoint),
                  "--out", str(out)]) == 0
     rows = {r["init"]: r for r in csv.DictReader((out / "summary.csv").open())}
-    assert float(rows["ones+warmup"]["start_steps"]) == (40 + 20) * 2 / 4  # the tiny classifier is confident: pruned
-    # the learned start warms up itself (its checkpoint's settings): its probe and 1 to 9 guard checks come on top
-    checks = (float(rows["learned"]["start_steps"]) - 1 / 4 - (40 + 20) * 2 / 4) / (16 / 4)
+    warm = float(rows["ones+warmup"]["start_steps"])
+    assert warm in (40 * 2 / 4, (40 + 20) * 2 / 4)  # 20 pruning steps more where the random photo's class has p >= 0.5
+    # the learned start warms up itself (its checkpoint's settings, the same pruning decision): its probe and 1 to 9
+    # guard checks come on top
+    checks = (float(rows["learned"]["start_steps"]) - 1 / 4 - warm) / (16 / 4)
     assert checks in range(1, 10)
     assert main([*common, "--inits", "ones,learned+warmup", "--checkpoint", str(tiny_checkpoint),
                  "--out", str(tmp_path / "twice")]) == 2
