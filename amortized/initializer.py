@@ -8,8 +8,8 @@ A checkpoint records the classifier, the full preset and the mask layout it was 
 for another is refused. The network's sparse prediction often has lost the class, which collapses the
 refinement (../shared/notes/initialization.md). So every prediction is first warmed up (:class:`rde.warmup.Warmup`:
 a short run with 2 noisy copies and a log-probability barrier, which pulls the class back without undoing the
-sparsity), then checked by a cheap forward-only guard, which backs off toward ones where the class is still
-gone. What a start costs in classifier passes (the probe, the warm-up and every guard check) is reported in
+sparsity, then, for a confident class, a pruning phase at a larger λ), then checked by a cheap forward-only
+guard, which tries it soft-thresholded first and backs off toward ones where the class is gone. What a start costs in classifier passes (the probe, the warm-up and every guard check) is reported in
 :attr:`LearnedInitializer.last_cost`, in optimizer steps, so comparisons can charge it.
 """
 
@@ -63,7 +63,8 @@ class Guard:
     ``1 - blend ** i * (1 - m)`` for i = 1 .. ``max_steps`` (toward ones).
 
     The shrinks finish the warm-up's pruning phase, so a learned start tries them only on the images that phase
-    pruned (a confident class: :attr:`rde.warmup.Warmup.prune_min_prob`); the others begin with ``m``.
+    pruned (a confident class: :attr:`rde.warmup.Warmup.prune_min_prob`); the others begin with ``m``. Without
+    a pruning phase, every image begins with the shrinks.
     ``keep <= 0`` disables the guard: the warmed-up prediction is used as it is, unshrunk and unchecked. Each
     check costs ``samples`` classifier forward passes per image.
     """
