@@ -36,8 +36,9 @@ from rde.warmup import Warmup, WarmStart
 DEFAULT_SHARDS = Path("../shared/targets/efficientnet_lite0-cpu")
 
 
-def val_samples(shard_dir: Path, limit: int, split: str = "val") -> list[dict]:
-    """The first ``limit`` samples of a split, by key: image (3, H, W) in [0, 1], target mask, final loss."""
+def val_samples(shard_dir: Path, limit: int | None, split: str = "val", offset: int = 0) -> list[dict]:
+    """``limit`` samples of a split after the first ``offset``, by key: image (3, H, W) in [0, 1], target mask,
+    final loss."""
     from amortized.datasets import in_split
 
     index = S.open_shard_dir(shard_dir)
@@ -47,7 +48,7 @@ def val_samples(shard_dir: Path, limit: int, split: str = "val") -> list[dict]:
         {"key": s["key"], "image": torch.from_numpy(s["image"]).permute(2, 0, 1).float() / 255,
          "mask": torch.from_numpy(s["mask"].astype("float32")), "target": s["meta"]["target"],
          "final_loss": float(s["meta"]["final"]["loss"])}
-        for s in rows[:limit]
+        for s in rows[offset:][:limit]
     ]
 
 
@@ -91,6 +92,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", type=Path, default=DEFAULT_SHARDS)
     p.add_argument("--limit", type=int, default=24, help="first N photos of the split (default: %(default)s)")
+    p.add_argument("--offset", type=int, default=0, help="skip the first photos of the split (e.g. to screen on "
+                   "photos other than the ones the full comparison reports)")
     p.add_argument("--split", default="val")
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--start", choices=("learned", "target", "ones"), default="learned")
@@ -103,7 +106,7 @@ def main() -> None:
     args = p.parse_args()
 
     explainer = rde.CartoonX(rde.create_classifier(args.model), args.preset)
-    samples = val_samples(args.shards, args.limit, args.split)
+    samples = val_samples(args.shards, args.limit, args.split, args.offset)
     cost = torch.zeros(len(samples))
     backoffs = None
     ratios, loss1, loss10, lost = [], [], [], 0
@@ -136,7 +139,7 @@ def main() -> None:
     result = {
         "start": args.start, "checkpoint": str(args.checkpoint or "bundled"), "guard": None if learned is None else learned.guard.__dict__,
         "warmup": dataclasses.asdict(learned.warmup if learned else warm.warmup if warm else Warmup(steps=0)),
-        "photos": len(samples), "steps": args.steps, "median_ratio": statistics.median(ratios),
+        "photos": len(samples), "offset": args.offset, "steps": args.steps, "median_ratio": statistics.median(ratios),
         "median_loss_1": statistics.median(loss1), "median_loss_10": statistics.median(loss10), "collapsed": lost,
         "median_start_cost_steps": float(cost.median()), "backoffs": backoffs,
         "seconds": time.perf_counter() - start_time, "ratios": {s["key"]: round(r, 3) for s, r in zip(samples, ratios)},

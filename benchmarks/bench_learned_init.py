@@ -7,6 +7,10 @@ sparsity of both inits.
 
     python benchmarks/bench_learned_init.py --limit 8                 # cpu preset, N=300, bundled initializer
     python benchmarks/bench_learned_init.py --checkpoint runs/.../best.ckpt --steps 300 --out outputs/bench-learned
+    python benchmarks/bench_learned_init.py --limit 24 --start target --out outputs/bench-oracle  # the ceiling
+
+``--start target`` starts from each photo's exact target in the shards (an all-ones optimum with other
+noise, free of charge): the oracle row that shows how fast any start can be.
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from amortized.compare import (
 )
 from amortized.datasets import list_images
 from amortized.initializer import LearnedInitializer
-from bench_fast_init import add_start_arguments, configure_learned
+from bench_fast_init import DEFAULT_SHARDS, add_start_arguments, configure_learned, val_samples
 from rde.io import load_image, preprocess
 from rde.metrics import reference_level
 
@@ -67,6 +71,9 @@ def main() -> None:
     p.add_argument("--preset", default="cpu")
     p.add_argument("--steps", type=int, help="N (default: the preset's)")
     p.add_argument("--checkpoint", type=Path)
+    p.add_argument("--start", choices=("learned", "target"), default="learned",
+                   help="target: each photo's exact target from --shards, at no cost (the oracle)")
+    p.add_argument("--shards", type=Path, default=DEFAULT_SHARDS)
     add_start_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("outputs/bench-learned-init"))
@@ -90,16 +97,22 @@ def main() -> None:
     settings = {**comparison_settings(args.model, preset, args.seed, str(ckpt)),
                 "guard": json.loads(json.dumps(dataclasses.asdict(learned.guard))),
                 "warmup": dataclasses.asdict(learned.warmup)}
-    parts = [c for c in (load_finished(d, steps, ["ones", "learned"], settings) for d in [*earlier, *args.merge])
+    if args.start == "target":
+        settings = {**comparison_settings(args.model, preset, args.seed, None), "start": f"target from {args.shards}"}
+        targets = {s["key"]: s["mask"] for s in val_samples(args.shards, None, args.split)}
+    parts = [c for c in (load_finished(d, steps, ["ones", args.start], settings) for d in [*earlier, *args.merge])
              if c is not None]
     finished = {name for c in parts for name in c.names}
     todo = [i for i in items if i.key not in finished]
+    if args.start == "target" and (missing := [i.key for i in todo if i.key not in targets]):
+        p.error(f"no exact target in {args.shards} for {', '.join(missing)}")
     cache = args.ones_cache or args.out / "ones"
     cache.mkdir(parents=True, exist_ok=True)
     for item in todo:  # one image at a time: batching does not pay on a CPU
         x = preprocess(load_image(item.path), preset.image_size)[None].to(device)
         ones = cached_ones(explainer, x, cache / f"{item.key}-{preset.name}-n{steps}-s{args.seed}.pt", steps, args.seed)
-        parts.append(compare_inits(explainer, x, {"learned": learned}, steps, [item.key], seed=args.seed,
+        init = learned if args.start == "learned" else targets[item.key][None].to(device)
+        parts.append(compare_inits(explainer, x, {args.start: init}, steps, [item.key], seed=args.seed,
                                    rate_distortion=False, ones=ones))
         parts[-1].settings = settings
         Comparison.concat(parts).save(args.out)
@@ -108,22 +121,23 @@ def main() -> None:
     comp.save(args.out)
     plot_comparison(comp, args.out)
 
-    ones, lrn = comp.runs["ones"], comp.runs["learned"]
+    ones, lrn = comp.runs["ones"], comp.runs[args.start]
     n = len(comp.names)
     reach = lrn.steps_to_reach.tolist()
-    speed = [r["speedup"] for r in comp.per_image_rows() if r["init"] == "learned"]
+    speed = [r["speedup"] for r in comp.per_image_rows() if r["init"] == args.start]
     init_s = lrn.init_seconds / n
     wall = [wall_speedup(lrn, ones, steps, r) for r in reach]  # batch totals: per-image ratios are the same
     ref = reference_level(ones.history["loss"])
     zero = (lrn.history["loss"][:, 0] / ref).tolist()
-    print(f"{n} {args.split} images, {args.model}, preset {preset.name}, N={steps}, checkpoint {ckpt}, guard {learned.guard}, "
-          f"warm-up {learned.warmup}")
+    described = (f"checkpoint {ckpt}, guard {learned.guard}, warm-up {learned.warmup}" if args.start == "learned"
+                 else f"start: the exact targets in {args.shards}")
+    print(f"{n} {args.split} images, {args.model}, preset {preset.name}, N={steps}, {described}")
     print(f"start cost:               median {lrn.cost().median():.2f} steps (probe, guard checks and warm-up, charged to steps-to-reach)")
     hit = [math.isfinite(r) for r in reach]
     print(f"steps-to-reach ones@{steps}: {quartiles(reach, hit)}")
     print(f"speedup N/steps:          {quartiles(speed, hit)}")
     print(f"wall-time speedup:        median {statistics.median(wall):.1f}x (init {init_s * 1000:.0f} ms/image)")
-    print(f"collapsed (class lost):   learned {int(lrn.collapsed.sum())}/{n}, ones {int(ones.collapsed.sum())}/{n}")
+    print(f"collapsed (class lost):   {args.start} {int(lrn.collapsed.sum())}/{n}, ones {int(ones.collapsed.sum())}/{n}")
     print(f"zero-step loss ratio:     median {statistics.median(zero):.2f} (predicted mask at step 0 / ones final)")
     for name, run in comp.runs.items():
         h = run.history
