@@ -9,7 +9,7 @@ vanished. A pruning phase follows for a confident class: more steps at a multipl
 the distortion gradient is noisy, and at the preset's λ Adam moves the coefficients the class does not need
 only slowly toward 0; at 6 λ they drain in a few steps while the barrier holds the class, so the exact run
 starts sparse. This is what makes the learned start pay (docs/initializer.md): the network's prediction,
-warmed up and pruned for 10 preset steps' worth of passes, then refined. The last stretch to the optimum
+warmed up and pruned for 12.5 preset steps' worth of passes, then refined. The last stretch to the optimum
 still needs the exact run.
 
     explainer = CartoonX(create_classifier("efficientnet_lite0"), "cpu")
@@ -64,7 +64,7 @@ class Warmup:
     num_samples: int = 2
     lr: float = 0.03
     barrier: bool = True
-    prune_steps: int = 40
+    prune_steps: int = 60
     prune_lam: float = 6.0
     prune_min_prob: float = 0.5
 
@@ -97,8 +97,8 @@ class WarmStart:
     Args:
         explainer: the exact explainer the masks start; the warm-up runs its classifier and objective with
             :class:`Warmup`'s samples and learning rate.
-        warmup: warm-up settings. Default: ``Warmup()`` (40 steps, 2 copies, lr 0.03, with the barrier, then 40
-            pruning steps at 6 λ for a class of probability >= 0.5: 10 steps of a 16-copy preset, 5 unpruned).
+        warmup: warm-up settings. Default: ``Warmup()`` (40 steps, 2 copies, lr 0.03, with the barrier, then 60
+            pruning steps at 6 λ for a class of probability >= 0.5: 12.5 steps of a 16-copy preset, 5 unpruned).
         base: where the warm-up starts: a named init (``"ones"``, ``"const:C"``, ...), a mask, or a callable
             ``images -> init`` such as a :class:`~amortized.initializer.LearnedInitializer`, whose ``last_cost``
             is added. Default: ``"ones"``.

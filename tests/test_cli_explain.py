@@ -235,7 +235,7 @@ def test_warmup_init_records_its_cost_and_refuses_a_bad_base_before_any_work(tmp
     meta = json.loads((out / "a.json").read_text())
     assert meta["config"]["init"] == "ones+warmup"
     # the default warm-up and its pruning (the tiny classifier is confident), in steps of the tiny preset's 4 copies
-    assert meta["config"]["start_steps"] == (40 + 40) * 2 / 4
+    assert meta["config"]["start_steps"] == (40 + 60) * 2 / 4
     assert meta["history"]["loss"][0] < 0.8 * 20  # all-ones would start at lambda = 20
     assert main(["explain", str(photo), *TINY, "--init", "bogus+warmup", "--out", str(tmp_path / "bad")]) == 2
     assert "bogus" in capsys.readouterr().err and not (tmp_path / "bad").exists()

@@ -6,7 +6,7 @@ OUT/loss_curves_per_image.png, OUT/summary.csv, OUT/per_image.csv and OUT/compar
 prints the summary table. ``learned`` uses --checkpoint, or the initializer bundled for the model
 and preset, warmed up and guarded as its checkpoint says; ``<init>+warmup`` runs a cheap warm-up after
 any other start (40 steps of 2 noisy copies at lr 0.03 with a log-probability barrier, then, for a class of
-probability >= 0.5, 40 pruning steps at 6 λ; charged as 10 steps of a 16-copy preset, 5 without pruning). Inputs are read as by ``cartoonx explain``; those that cannot be read are named and
+probability >= 0.5, 60 pruning steps at 6 λ; charged as 12.5 steps of a 16-copy preset, 5 without pruning). Inputs are read as by ``cartoonx explain``; those that cannot be read are named and
 skipped, and the exit code is then 1. An earlier comparison in OUT is continued with --resume or replaced with
 --overwrite, never silently.
 

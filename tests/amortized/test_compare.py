@@ -208,7 +208,7 @@ def test_compare_charges_a_warmed_up_start_and_refuses_an_unused_checkpoint(tmp_
                  "--out", str(out)]) == 0
     rows = {r["init"]: r for r in csv.DictReader((out / "summary.csv").open())}
     warm = float(rows["ones+warmup"]["start_steps"])
-    assert warm in (40 * 2 / 4, (40 + 40) * 2 / 4)  # 40 pruning steps more where the random photo's class has p >= 0.5
+    assert warm in (40 * 2 / 4, (40 + 60) * 2 / 4)  # 60 pruning steps more where the random photo's class has p >= 0.5
     # the learned start warms up itself (its checkpoint's settings, the same pruning decision): its probe and 1 to 9
     # guard checks come on top
     checks = (float(rows["learned"]["start_steps"]) - 1 / 4 - warm) / (16 / 4)
@@ -401,9 +401,9 @@ def test_bundled_initializer_starts_a_real_photo_below_ones():
     mask = start(images)
     assert mask.shape == (1, 18631) and float(mask.min()) >= 0.0 and float(mask.max()) <= 1.0
     # what the bundled checkpoint ships
-    assert start.warmup == Warmup(prune_steps=40, prune_lam=6.0) and start.guard == Guard(keep=0.3, shrinks=(0.2, 0.1))
-    # the probe (1/16), the warm-up (5 steps, 10 with its pruning phase) and 1 to 9 guard checks
-    assert 6 <= float(start.last_cost[0]) <= 1 / 16 + 10 + 9
+    assert start.warmup == Warmup(prune_steps=60, prune_lam=6.0) and start.guard == Guard(keep=0.3, shrinks=(0.2, 0.1))
+    # the probe (1/16), the warm-up (5 steps, 12.5 with its pruning phase) and 1 to 9 guard checks
+    assert 6 <= float(start.last_cost[0]) <= 1 / 16 + 12.5 + 9
     learned = explainer.explain(images, init=mask, steps=5).history["loss"][0, -1]
     ones = explainer.explain(images, init="ones", steps=5).history["loss"][0, -1]
     assert float(learned) < 0.75 * float(ones), (float(learned), float(ones))

@@ -35,7 +35,7 @@ class FixedStart:
 
 
 def test_cost_counts_classifier_passes_in_preset_steps():
-    assert Warmup().cost(16) == 10  # (40 + 40 pruning) steps x 2 copies = 160 passes = 10 steps of 16 copies
+    assert Warmup().cost(16) == 12.5  # (40 + 60 pruning) steps x 2 copies = 200 passes = 12.5 steps of 16 copies
     assert Warmup().cost(16, pruned=False) == 5.0  # a class below prune_min_prob: no pruning phase
     assert Warmup(steps=6, num_samples=1, prune_steps=0).cost(4) == 1.5
     assert Warmup(steps=0).cost(16) == 0 and Warmup(steps=0).total_steps == 0  # no warm-up, so no pruning either
