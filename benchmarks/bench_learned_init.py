@@ -89,17 +89,20 @@ def main() -> None:
     steps = args.steps or preset.steps
     device = torch.device(args.device)
     explainer = rde.CartoonX(rde.create_classifier(args.model, device=device), preset)
-    learned = LearnedInitializer.for_explainer(explainer, args.checkpoint, seed=args.seed)
-    configure_learned(learned, args)
     ckpt = args.checkpoint or "bundled"
     items = list_images(args.images, args.split)[args.offset : args.offset + args.limit]
     earlier = [args.out] if args.resume else []
-    settings = {**comparison_settings(args.model, preset, args.seed, str(ckpt)),
-                "guard": json.loads(json.dumps(dataclasses.asdict(learned.guard))),
-                "warmup": dataclasses.asdict(learned.warmup)}
-    if args.start == "target":
-        settings = {**comparison_settings(args.model, preset, args.seed, None), "start": f"target from {args.shards}"}
+    if args.start == "learned":
+        learned = LearnedInitializer.for_explainer(explainer, args.checkpoint, seed=args.seed)
+        configure_learned(learned, args)
+        settings = {**comparison_settings(args.model, preset, args.seed, str(ckpt)),
+                    "guard": json.loads(json.dumps(dataclasses.asdict(learned.guard))),
+                    "warmup": dataclasses.asdict(learned.warmup)}
+        described = f"checkpoint {ckpt}, guard {learned.guard}, warm-up {learned.warmup}"
+    else:  # the oracle: no initializer is loaded
         targets = {s["key"]: s["mask"] for s in val_samples(args.shards, None, args.split)}
+        settings = {**comparison_settings(args.model, preset, args.seed, None), "start": f"target from {args.shards}"}
+        described = f"start: the exact targets in {args.shards}"
     parts = [c for c in (load_finished(d, steps, ["ones", args.start], settings) for d in [*earlier, *args.merge])
              if c is not None]
     finished = {name for c in parts for name in c.names}
@@ -129,8 +132,6 @@ def main() -> None:
     wall = [wall_speedup(lrn, ones, steps, r) for r in reach]  # batch totals: per-image ratios are the same
     ref = reference_level(ones.history["loss"])
     zero = (lrn.history["loss"][:, 0] / ref).tolist()
-    described = (f"checkpoint {ckpt}, guard {learned.guard}, warm-up {learned.warmup}" if args.start == "learned"
-                 else f"start: the exact targets in {args.shards}")
     print(f"{n} {args.split} images, {args.model}, preset {preset.name}, N={steps}, {described}")
     print(f"start cost:               median {lrn.cost().median():.2f} steps (probe, guard checks and warm-up, charged to steps-to-reach)")
     hit = [math.isfinite(r) for r in reach]
