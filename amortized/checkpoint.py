@@ -3,7 +3,8 @@
 A shipped initializer is one dict (:data:`FORMAT`, version :data:`FORMAT_VERSION`): the classifier's
 name, the full preset it was trained for (not only its name, so it loads where that preset is unknown),
 the mask layout's signature, the feature taps, the network's plain configuration and state dict, the
-guard and warm-up settings of the start, and the training hyper-parameters and versions for the record.
+start's policy (:class:`amortized.policy.StartPolicy`: the warm-up and the guard, stored as ``warmup`` and
+``guard``), and the training hyper-parameters and versions for the record.
 Version 3 added the warm-up (:class:`rde.warmup.Warmup`), version 4 its pruning phase and the guard's shrinks;
 an older file reads as one without them.
 Nothing in it needs Lightning, LightningCLI or jsonargparse to read. Lightning training checkpoints carry the same dict
@@ -12,7 +13,6 @@ under :data:`CHECKPOINT_KEY`; :func:`export_checkpoint` extracts it.
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ import rde
 from rde import RDEConfig
 from rde.errors import InputError
 from rde.layout import MaskLayout
-from rde.warmup import Warmup
+from amortized.policy import StartPolicy
 
 CHECKPOINT_KEY = "fastcartoonx"
 FORMAT = "fastcartoonx-initializer"
@@ -41,10 +41,11 @@ def initializer_payload(
     net_config: dict[str, Any],
     state_dict: dict[str, torch.Tensor],
     training: dict[str, Any] | None = None,
-    guard: dict[str, Any] | None = None,
-    warmup: dict[str, Any] | None = None,
+    policy: StartPolicy | None = None,
 ) -> dict[str, Any]:
+    """The checkpoint dict of a trained network; ``policy``: the start it ships with (default: the shipped one)."""
     size = preset.image_size
+    policy = (policy or StartPolicy()).to_dict()
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -54,8 +55,8 @@ def initializer_payload(
         "taps": dict(taps),
         "net": _plain(net_config),
         "state_dict": {k: v.detach().cpu().clone() for k, v in state_dict.items()},
-        "guard": _plain(guard or {}),
-        "warmup": _plain(warmup if warmup is not None else dataclasses.asdict(Warmup())),
+        "guard": _plain(policy["guard"]),
+        "warmup": _plain(policy["warmup"]),
         "training": _plain(training or {}),
         "versions": {"fastcartoonx": str(rde.__version__), "torch": str(torch.__version__)},
     }
@@ -114,17 +115,15 @@ def check_compatible(payload: dict[str, Any], classifier: str, preset: RDEConfig
 def export_checkpoint(
     source: str | Path,
     destination: str | Path,
-    guard: dict[str, Any] | None = None,
-    warmup: dict[str, Any] | None = None,
+    policy: StartPolicy | None = None,
 ) -> Path:
     """Write the plain initializer payload of a training checkpoint or an exported file (no optimizer or loop
-    state), optionally with the guard and warm-up settings it ships with: what an initializer needs to ship.
-    The result is in the current format (:data:`FORMAT_VERSION`), as everything :func:`read_initializer` returns."""
+    state): what an initializer needs to ship. It keeps the start policy the checkpoint records unless ``policy``
+    replaces it. The result is in the current format (:data:`FORMAT_VERSION`), as everything
+    :func:`read_initializer` returns."""
     payload = read_initializer(source)
-    if guard is not None:
-        payload["guard"] = _plain(guard)
-    if warmup is not None:
-        payload["warmup"] = _plain(warmup)
+    if policy is not None:
+        payload.update(_plain(policy.to_dict()))
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, destination)

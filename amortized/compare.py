@@ -19,7 +19,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -28,12 +28,12 @@ from torch import Tensor
 from rde import CartoonX
 from rde.errors import InputError
 from rde.init import InitSpec
+from rde.start import Start, StartFn
 from rde.io import write_json_atomic
 from rde.metrics import collapsed, loss_at, rate_distortion_curve, reference_level, steps_to_reach
 from rde.plotting import loss_curves_figure, per_image_loss_figure, side_by_side_figure
 from rde.presets import RDEConfig
 
-InitFactory = Callable[[Tensor], Tensor]
 FIXED_STEPS = (10, 30, 100)
 RD_FRACTIONS = (0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 1.0)
 
@@ -245,7 +245,7 @@ def load_finished(
 def compare_inits(
     explainer: CartoonX,
     images: Tensor,
-    inits: dict[str, InitSpec | InitFactory],
+    inits: dict[str, InitSpec | StartFn],
     steps: int,
     names: Sequence[str] | None = None,
     seed: int = 0,
@@ -257,9 +257,9 @@ def compare_inits(
 ) -> Comparison:
     """Run every init on ``images`` with the same seeds; ``ones`` is added as the reference if absent.
 
-    ``inits`` maps a label to an init spec accepted by :meth:`CartoonX.explain` or to a callable
-    ``images -> (B, k)`` (e.g. a :class:`~amortized.initializer.LearnedInitializer`); the callable's time counts
-    toward the init's wall time, and the classifier passes it reports in ``last_cost`` toward its steps-to-reach.
+    ``inits`` maps a label to an init spec accepted by :meth:`CartoonX.explain` or to a start function
+    ``images -> Start`` (e.g. a :class:`~amortized.initializer.LearnedStart`) or ``images -> init``; its time
+    counts toward the init's wall time, and the :attr:`~rde.start.Start.cost` it returns toward its steps-to-reach.
     ``ones``: a finished ones run of these images with this seed (it does not depend on the other inits, so
     benchmarks reuse it; see :func:`ones_run`); default: run it.
     """
@@ -274,7 +274,7 @@ def compare_inits(
         start = time.perf_counter()
         init = spec(images) if callable(spec) else spec
         init_seconds = time.perf_counter() - start
-        cost = getattr(spec, "last_cost", None) if callable(spec) else None
+        cost = init.cost if isinstance(init, Start) else None
         res = explainer.explain(images, init=init, steps=steps, seed=seed, show_progress=show_progress)
         runs[label] = InitRun(
             label, res.history, res.mask, time.perf_counter() - start, init_seconds,

@@ -9,8 +9,8 @@
 * **What the image holds:** the greyscale wavelet magnitudes per coefficient.
 
 The cost is one classifier pass (forward and backward) on the clean images, i.e. ``1 / L`` of an
-optimizer step that runs L noisy copies; :class:`~amortized.initializer.LearnedInitializer` reports it
-in ``last_cost`` and comparisons charge it.
+optimizer step that runs L noisy copies; :class:`~amortized.initializer.LearnedStart` reports it
+in the :attr:`rde.start.Start.cost` it returns, and comparisons charge it.
 """
 
 from __future__ import annotations

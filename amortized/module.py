@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from amortized.checkpoint import CHECKPOINT_KEY, initializer_payload, read_initializer
+from amortized.policy import StartPolicy
 from amortized.features import ProbeResult, feature_channels, feature_taps, probe
 from amortized.losses import per_scale_abs_error, risk_averse_mask_loss
 from amortized.net import INPUTS, MaskNet
@@ -83,6 +84,8 @@ class MaskInitializer(L.LightningModule):
         cache_probes: keep each training image's probe (features, class gradient) in memory after its first
             epoch. The classifier is frozen and images are not augmented, so the probe never changes; on a
             CPU this makes later epochs several times faster (~0.3 MB per image at 128 px).
+        policy: the warm-up and guard the trained network ships with (:class:`~amortized.policy.StartPolicy`);
+            every checkpoint records it, and the exported file keeps it. Default: the shipped policy.
     """
 
     def __init__(
@@ -96,14 +99,16 @@ class MaskInitializer(L.LightningModule):
         weight_decay: float = 1e-4,
         init_weights: str | None = None,
         cache_probes: bool = True,
+        policy: StartPolicy | None = None,
     ) -> None:
         super().__init__()
+        self.policy = StartPolicy.from_dict(policy) if isinstance(policy, dict) else policy or StartPolicy()
         net, loss, validation = net or NetConfig(), loss or LossConfig(), validation or ValidationConfig()
         # Plain hyper-parameters only: a checkpoint loads without the training CLI's machinery.
         self.save_hyperparameters({
             "classifier": classifier, "preset": preset, "net": asdict(net), "loss": asdict(loss),
             "validation": asdict(validation), "lr": lr, "weight_decay": weight_decay, "init_weights": init_weights,
-            "cache_probes": cache_probes,
+            "cache_probes": cache_probes, "policy": self.policy.to_dict(),
         })
         self.preset = load_preset(preset)
         self.loss_config, self.validation_config = loss, validation
@@ -259,7 +264,7 @@ class MaskInitializer(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_KEY] = initializer_payload(
             classifier=self.hparams.classifier, preset=self.preset, taps=self.taps, net_config=self.net_config,
-            state_dict=self.net.state_dict(), training=dict(self.hparams),
+            state_dict=self.net.state_dict(), training=dict(self.hparams), policy=self.policy,
         )
 
 

@@ -29,7 +29,8 @@ import torch
 
 import rde
 from amortized import shards as S
-from amortized.initializer import LearnedInitializer
+from amortized.initializer import LearnedStart
+from amortized.policy import StartPolicy
 from rde.metrics import collapsed, loss_at
 from rde.warmup import Warmup, WarmStart
 
@@ -67,25 +68,15 @@ def add_start_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-barrier", action="store_true", help="warm up on the plain objective")
 
 
-def configured_warmup(args: argparse.Namespace, base: Warmup) -> Warmup:
-    """``base`` with the fields the options name replaced."""
+def configured_policy(args: argparse.Namespace, base: StartPolicy) -> StartPolicy:
+    """``base`` with the warm-up and guard fields the options name replaced."""
     fields = {"steps": args.warmup_steps, "num_samples": args.warmup_samples, "lr": args.warmup_lr,
-              "prune_steps": args.prune_steps, "prune_lam": args.prune_lam}
+              "prune_steps": args.prune_steps, "prune_lam": args.prune_lam, "keep": args.guard_keep,
+              "powers": args.guard_powers, "shrinks": args.guard_shrinks}
     changes = {k: v for k, v in fields.items() if v is not None}
     if args.no_barrier:
         changes["barrier"] = False
-    return dataclasses.replace(base, **changes)
-
-
-def configure_learned(learned: LearnedInitializer, args: argparse.Namespace) -> None:
-    """Apply the start options to a learned initializer in place."""
-    if args.guard_keep is not None:
-        learned.guard = dataclasses.replace(learned.guard, keep=args.guard_keep)
-    if args.guard_powers is not None:
-        learned.guard = dataclasses.replace(learned.guard, powers=args.guard_powers)
-    if args.guard_shrinks is not None:
-        learned.guard = dataclasses.replace(learned.guard, shrinks=args.guard_shrinks)
-    learned.warmup = configured_warmup(args, learned.warmup)
+    return base.replace(**changes)
 
 
 def main() -> None:
@@ -111,23 +102,22 @@ def main() -> None:
     backoffs = None
     ratios, loss1, loss10, lost = [], [], [], 0
     start_time = time.perf_counter()
-    learned = warm = None
+    policy, start_fn = None, None
     if args.start == "learned":
-        learned = LearnedInitializer.for_explainer(explainer, args.checkpoint, seed=args.seed)
-        configure_learned(learned, args)
+        start_fn = LearnedStart.for_explainer(explainer, args.checkpoint, seed=args.seed)
+        start_fn.policy = policy = configured_policy(args, start_fn.policy)
         backoffs = []
     elif args.start == "ones" and args.warmup_steps:
-        warm = WarmStart(explainer, configured_warmup(args, Warmup()), seed=args.seed)
+        policy = configured_policy(args, StartPolicy())
+        start_fn = WarmStart(explainer, policy.warmup, seed=args.seed)
     for i, s in enumerate(samples):  # one photo at a time: batching does not pay on a CPU
         x = s["image"][None]
         target = torch.tensor([s["target"]])
-        if args.start == "learned":
-            init = learned(x, target)
-            cost[i] = learned.last_cost[0]
-            backoffs.append(int(learned.last_backoffs[0]))
-        elif warm is not None:
-            init = warm(x, target)
-            cost[i] = warm.last_cost[0]
+        if start_fn is not None:
+            init = start_fn(x, target)
+            cost[i] = init.cost[0]
+            if backoffs is not None:
+                backoffs.append(int(init.backoffs[0]))
         else:
             init = s["mask"][None] if args.start == "target" else "ones"
         res = explainer.explain(x, target=target, init=init, steps=args.steps, seed=args.seed)
@@ -137,8 +127,8 @@ def main() -> None:
         loss10.append(float(at[10][0]))
         lost += int(collapsed(res.history["distortion"], res.target_probs)[0])
     result = {
-        "start": args.start, "checkpoint": str(args.checkpoint or "bundled"), "guard": None if learned is None else learned.guard.__dict__,
-        "warmup": dataclasses.asdict(learned.warmup if learned else warm.warmup if warm else Warmup(steps=0)),
+        "start": args.start, "checkpoint": str(args.checkpoint or "bundled"), "guard": None if args.start != "learned" else dataclasses.asdict(policy.guard),
+        "warmup": dataclasses.asdict(policy.warmup if policy else Warmup(steps=0)),
         "photos": len(samples), "offset": args.offset, "steps": args.steps, "median_ratio": statistics.median(ratios),
         "median_loss_1": statistics.median(loss1), "median_loss_10": statistics.median(loss10), "collapsed": lost,
         "median_start_cost_steps": float(cost.median()), "backoffs": backoffs,

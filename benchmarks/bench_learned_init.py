@@ -37,8 +37,8 @@ from amortized.compare import (
     wall_speedup,
 )
 from amortized.datasets import list_images
-from amortized.initializer import LearnedInitializer
-from bench_fast_init import DEFAULT_SHARDS, add_start_arguments, configure_learned, val_samples
+from amortized.initializer import LearnedStart
+from bench_fast_init import DEFAULT_SHARDS, add_start_arguments, configured_policy, val_samples
 from rde.io import load_image, preprocess
 from rde.metrics import reference_level
 
@@ -93,12 +93,11 @@ def main() -> None:
     items = list_images(args.images, args.split)[args.offset : args.offset + args.limit]
     earlier = [args.out] if args.resume else []
     if args.start == "learned":
-        learned = LearnedInitializer.for_explainer(explainer, args.checkpoint, seed=args.seed)
-        configure_learned(learned, args)
+        learned = LearnedStart.for_explainer(explainer, args.checkpoint, seed=args.seed)
+        learned.policy = configured_policy(args, learned.policy)
         settings = {**comparison_settings(args.model, preset, args.seed, str(ckpt)),
-                    "guard": json.loads(json.dumps(dataclasses.asdict(learned.guard))),
-                    "warmup": dataclasses.asdict(learned.warmup)}
-        described = f"checkpoint {ckpt}, guard {learned.guard}, warm-up {learned.warmup}"
+                    **json.loads(json.dumps(learned.policy.to_dict()))}
+        described = f"checkpoint {ckpt}, {learned.policy}"
     else:  # the oracle: no initializer is loaded
         targets = {s["key"]: s["mask"] for s in val_samples(args.shards, None, args.split)}
         settings = {**comparison_settings(args.model, preset, args.seed, None), "start": f"target from {args.shards}"}

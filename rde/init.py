@@ -3,7 +3,7 @@
 Named inits: ``ones`` (the paper), ``const:<c>``, ``random`` (uniform in [0, 1], from each image's seed),
 ``preopt`` (the reproducibility study's heuristic: lower a constant mask from 1 in steps of 0.01 until
 the mean prediction under noise leaves the target class, then step back once). Any tensor in the
-layout's shape is used as given: this is how a learned initializer's prediction comes in.
+layout's shape is used as given, and so is a :class:`rde.start.Start`'s mask: this is how a learned start comes in.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from torch import Tensor
 
 from rde.errors import InputError
 from rde.layout import MaskLayout
+from rde.start import Start
 
-InitSpec = str | float | Tensor
+InitSpec = str | float | Tensor | Start
 NAMED_INITS = ("ones", "const:<c>", "random", "preopt")
 PREOPT_STEP = 0.01
 
@@ -51,6 +52,8 @@ def make_initial_mask(
     flip_check: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Build the ``(B, k)`` starting mask. ``flip_check(mask) -> (B,) bool`` is needed for ``preopt``."""
+    if isinstance(init, Start):
+        init = init.mask
     if isinstance(init, Tensor):
         return _check_tensor_init(init, layout, batch).to(device=device, dtype=torch.float32)
     name, value = parse_init(init)

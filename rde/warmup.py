@@ -1,27 +1,26 @@
 """A cheap warm-up before the exact run: the same objective, fewer noisy copies per step, a larger step.
 
 Adam moves a mask coefficient by about ``lr`` per step, so the all-ones start spends its first hundred
-preset steps walking the mask down (../shared/notes/initialization.md). That walk does not need the preset's
-L noisy copies per step: ``steps`` Adam steps with ``num_samples`` copies at learning rate ``lr`` cost
-``steps * num_samples / L`` preset steps of classifier passes. A log-probability barrier (on by default,
-warm-up only) pulls back a class that a sparse start has lost, where the label distortion's gradient has
-vanished. A pruning phase follows for a confident class: more steps at a multiple of λ. With two noisy copies
-the distortion gradient is noisy, and at the preset's λ Adam moves the coefficients the class does not need
-only slowly toward 0; at 6 λ they drain in a few steps while the barrier holds the class, so the exact run
-starts sparse. This is what makes the learned start pay (docs/initializer.md): the network's prediction,
-warmed up and pruned for 12.5 preset steps' worth of passes, then refined. The last stretch to the optimum
-still needs the exact run.
+preset steps walking the mask down. That walk does not need the preset's L noisy copies per step:
+``steps`` Adam steps with ``num_samples`` copies at learning rate ``lr`` cost ``steps * num_samples / L``
+preset steps of classifier passes. A log-probability barrier (on by default, warm-up only) pulls back a class
+that a sparse start has lost, where the label distortion's gradient has vanished. A pruning phase follows for a
+confident class: more steps at a multiple of λ. With few noisy copies the distortion gradient is noisy, and at
+the preset's λ Adam moves the coefficients the class does not need only slowly toward 0; at a larger λ they
+drain in a few steps while the barrier holds the class, so the exact run starts sparse. This is what makes the
+learned start pay (docs/initializer.md). The settings, :class:`Warmup`, are defined once, here; a learned start
+ships its own in its checkpoint.
 
     explainer = CartoonX(create_classifier("efficientnet_lite0"), "cpu")
-    start = WarmStart(explainer)                        # from all-ones; base= takes any init or callable start
-    result = explainer.explain(images, init=start(images), steps=100)
-    start.last_cost                                     # (B,) what the start cost, in preset steps
+    start = WarmStart(explainer)(images)                # from all-ones; base= takes any init or start function
+    result = explainer.explain(images, init=start, steps=100)
+    start.cost                                          # (B,) what the start cost, in preset steps
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -29,6 +28,7 @@ from torch import Tensor
 from rde.distortion import BARRIER_SUFFIX
 from rde.errors import InputError
 from rde.init import InitSpec, parse_init
+from rde.start import Start, StartFn, steps_of_passes
 
 if TYPE_CHECKING:
     from rde.explainer import RDE
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 WARMUP_SEED_OFFSET = 0x5EED_0003  # the warm-up draws other noise than the exact run with the same seed
 PRUNE_SEED_OFFSET = 0x5EED_0004  # and its pruning phase other noise again
 WARMUP_SUFFIX = "+warmup"
-Start = Callable[..., InitSpec]  # images (B, 3, H, W) -> an init; may report ``last_cost`` (B,) in preset steps
 
 
 def split_warmup(label: str) -> tuple[str, bool]:
@@ -84,31 +83,32 @@ class Warmup:
         """Steps of both phases (a pruning phase needs a warm-up before it): 0 means no warm-up at all."""
         return self.steps + self.prune_steps if self.steps else 0
 
-    def cost(self, preset_samples: int, pruned: bool = True) -> float:
-        """Classifier passes of the warm-up (and of its pruning phase where ``pruned``), in steps of a run with
-        ``preset_samples`` noisy copies."""
-        steps = self.steps + (self.prune_steps if pruned and self.steps else 0)
-        return steps * self.num_samples / preset_samples
+    def cost(self, preset_samples: int, pruned: Tensor | bool = True) -> Tensor:
+        """Classifier passes of the warm-up (and of its pruning phase where ``pruned``, a bool or ``(B,)``), in
+        steps of a run with ``preset_samples`` noisy copies (:func:`rde.start.steps_of_passes`)."""
+        pruned = torch.as_tensor(pruned, dtype=torch.float64).cpu()
+        steps = self.steps + (pruned * self.prune_steps if self.steps else 0 * pruned)
+        return steps_of_passes(steps * self.num_samples, preset_samples)
 
 
 class WarmStart:
-    """A start followed by a warm-up: callable on images ``(B, 3, H, W)``, returns masks ``(B, k)``.
+    """A start followed by a warm-up: ``WarmStart(explainer)(images) -> Start``.
 
     Args:
         explainer: the exact explainer the masks start; the warm-up runs its classifier and objective with
             :class:`Warmup`'s samples and learning rate.
-        warmup: warm-up settings. Default: ``Warmup()`` (40 steps, 2 copies, lr 0.03, with the barrier, then 60
-            pruning steps at 6 λ for a class of probability >= 0.5: 12.5 steps of a 16-copy preset, 5 unpruned).
-        base: where the warm-up starts: a named init (``"ones"``, ``"const:C"``, ...), a mask, or a callable
-            ``images -> init`` such as a :class:`~amortized.initializer.LearnedInitializer`, whose ``last_cost``
-            is added. Default: ``"ones"``.
+        warmup: warm-up settings. Default: ``Warmup()``.
+        base: where the warm-up starts: a named init (``"ones"``, ``"const:C"``, ...), a mask, or a start function
+            ``images -> Start`` such as a learned start without a warm-up of its own, whose cost is added.
+            Default: ``"ones"``.
         seed: noise seed per image (see :meth:`RDE.explain`); the warm-up uses a stream of its own.
     """
 
-    def __init__(self, explainer: RDE, warmup: Warmup | None = None, base: InitSpec | Start = "ones", seed: int = 0):
+    def __init__(self, explainer: RDE, warmup: Warmup | None = None, base: InitSpec | StartFn = "ones",
+                 seed: int = 0):
         if isinstance(base, str):
             parse_init(base)
-        if getattr(getattr(base, "warmup", None), "total_steps", 0):
+        if getattr(getattr(base, "policy", None), "warmup", Warmup(steps=0)).total_steps:
             raise InputError("this start ends with a warm-up of its own (its checkpoint's); use it without +warmup")
         self.warmup = warmup if warmup is not None else Warmup()
         self.base = base
@@ -120,24 +120,19 @@ class WarmStart:
         make = lambda c: type(explainer)(explainer.classifier, c, channels_last=explainer.channels_last)  # noqa: E731
         self._warm = make(config)
         self._prune = make(config.replace(lam=config.lam * self.warmup.prune_lam))
-        self.last_cost: Tensor | None = None  # (B,) preset steps' worth of classifier passes
-        self.last_warm_cost: Tensor | None = None  # (B,) the warm-up's share of it
-        self.last_pruned: Tensor | None = None  # (B,) bool: the pruning phase ran on this image
 
-    def __call__(self, images: Tensor, target: Tensor | None = None) -> Tensor:
-        """Masks ``(B, k)`` after the warm-up (``target``: the explained classes; default the predicted ones)."""
-        init, base_cost = self.base, None
+    def __call__(self, images: Tensor, target: Tensor | None = None) -> Start:
+        """The warmed-up start of ``images`` (``target``: the explained classes; default the predicted ones), its
+        cost including the base start's."""
+        init = self.base
         if callable(self.base):
             init = self.base(images) if target is None else self.base(images, target)
-            base_cost = getattr(self.base, "last_cost", None)
-        mask = self.warm(images, init, target)
-        cost = self.last_warm_cost
-        self.last_cost = cost if base_cost is None else cost + base_cost.cpu().float()
-        return mask
+        warmed = self.warm(images, init, target)
+        return warmed.charged(init.cost) if isinstance(init, Start) else warmed
 
-    def warm(self, images: Tensor, init: InitSpec, target: Tensor | None = None) -> Tensor:
-        """Run the warm-up from ``init`` (any init :meth:`RDE.explain` takes), then its pruning phase; return the
-        masks ``(B, k)``."""
+    def warm(self, images: Tensor, init: InitSpec, target: Tensor | None = None) -> Start:
+        """Run the warm-up from ``init`` (any init :meth:`RDE.explain` takes), then its pruning phase; the start's
+        cost is the warm-up's alone."""
         w = self.warmup
         seed = (self.seed + WARMUP_SEED_OFFSET) % 2**63
         run = self._warm.explain(images, target=target, init=init, steps=w.steps, seed=seed)
@@ -151,7 +146,6 @@ class WarmStart:
                 mask = mask.clone()
                 mask[rows] = self._prune.explain(images[rows], target=run.targets[rows], init=mask[rows],
                                                  steps=w.prune_steps, seed=seed).mask
-        self.last_pruned = pruned.cpu()
-        n = self.explainer.config.num_samples
-        self.last_warm_cost = torch.tensor([w.cost(n, bool(p)) for p in self.last_pruned])
-        return mask
+        pruned = pruned.cpu()
+        cost = w.cost(self.explainer.config.num_samples, pruned)
+        return Start(mask, cost, pruned, torch.zeros(len(images), dtype=torch.long))

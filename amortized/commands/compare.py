@@ -115,9 +115,9 @@ def run(args: argparse.Namespace) -> int:
     explainer = rde.CartoonX(rde.create_classifier(args.model, device=device), preset)
     learned = None
     if uses_learned:
-        from amortized.initializer import LearnedInitializer
+        from amortized.initializer import LearnedStart
 
-        learned = LearnedInitializer.for_explainer(explainer, args.checkpoint, seed=args.seed)
+        learned = LearnedStart.for_explainer(explainer, args.checkpoint, seed=args.seed)
     inits: dict = {}
     for label, (base, warm) in starts.items():
         start = learned if base == "learned" else base

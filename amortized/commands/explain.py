@@ -113,11 +113,11 @@ def resolve_init(spec: str, layout: MaskLayout, args: argparse.Namespace, explai
             raise InputError(f"--init {spec} needs the explainer whose optimizer runs the warm-up")
         return WarmStart(explainer, base=resolve_init(base, layout, args, explainer), seed=args.seed)
     if spec == "learned":
-        from amortized.initializer import LearnedInitializer
+        from amortized.initializer import LearnedStart
 
         if explainer is None:
             raise InputError("--init learned needs the explainer whose classifier feeds the initializer")
-        return LearnedInitializer.for_explainer(explainer, getattr(args, "checkpoint", None), seed=args.seed)
+        return LearnedStart.for_explainer(explainer, getattr(args, "checkpoint", None), seed=args.seed)
     if getattr(args, "checkpoint", None) is not None:
         raise InputError("--checkpoint is only used with --init learned")
     if spec.endswith(".npz"):
@@ -238,6 +238,7 @@ def run(args: argparse.Namespace) -> int:
     from rde.io import check_output_dir
     from rde.plotting import plot_explanation
     from rde.representation import create_representation
+    from rde.start import Start
 
     device = resolve_device(args.device)
     preset = rde.load_preset(args.preset)
@@ -294,7 +295,8 @@ def run(args: argparse.Namespace) -> int:
         images = images.to(device)
         start = time.perf_counter()
         try:
-            result = explainer.explain(images, init=init_for(images), seed=args.seed, show_progress=True)
+            init = init_for(images)
+            result = explainer.explain(images, init=init, seed=args.seed, show_progress=True)
         except (RuntimeError, FloatingPointError) as e:  # out of memory on a large --batch-size, 16-mixed overflow
             for path, _ in batch:
                 on_error(path, f"{path}: optimization failed ({e})")
@@ -312,9 +314,8 @@ def run(args: argparse.Namespace) -> int:
                 "batch_size": args.batch_size,
                 "image": str(path),
             }
-            cost = getattr(init_for, "last_cost", None)  # a learned or warmed-up start's classifier passes
-            if cost is not None:
-                one.config["start_steps"] = float(cost[i])
+            if isinstance(init, Start):  # a learned or warmed-up start: its classifier passes
+                one.config["start_steps"] = float(init.cost[i])
             base = args.out / stem
             _, json_path = one.save(base)
             plot_explanation(one, 0, base.with_name(base.name + ".png"))
