@@ -1,6 +1,6 @@
 """The initializer network: what the classifier sees of an image -> CartoonX wavelet mask in the optimizer's layout.
 
-A mask start is only fast if it knows *where* the class evidence is (../shared/notes/initialization.md):
+A mask start is only fast if it knows *where* the class evidence is:
 the right sparsity per scale in the wrong places collapses the refinement. So the network does not
 learn an encoder from scratch; it decodes the frozen classifier's own feature maps (strides 2..32,
 combined top-down as in an FPN), and every DWT level's head also sees, on that level's exact
