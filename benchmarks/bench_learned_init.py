@@ -27,14 +27,8 @@ import numpy as np
 import torch
 
 import rde
-from amortized.compare import (
-    Comparison,
-    compare_inits,
-    comparison_settings,
-    load_finished,
-    ones_run,
-    plot_comparison,
-    wall_speedup,
+from amortized.comparison import (
+    PartialComparison, compare_inits, comparison_settings, ones_run, plot_comparison, wall_speedup,
 )
 from amortized.datasets import list_images
 from amortized.initializer import LearnedStart
@@ -102,24 +96,22 @@ def main() -> None:
         targets = {s["key"]: s["mask"] for s in val_samples(args.shards, None, args.split)}
         settings = {**comparison_settings(args.model, preset, args.seed, None), "start": f"target from {args.shards}"}
         described = f"start: the exact targets in {args.shards}"
-    parts = [c for c in (load_finished(d, steps, ["ones", args.start], settings) for d in [*earlier, *args.merge])
-             if c is not None]
-    finished = {name for c in parts for name in c.names}
-    todo = [i for i in items if i.key not in finished]
-    if args.start == "target" and (missing := [i.key for i in todo if i.key not in targets]):
+    partial = PartialComparison(args.out, steps, ["ones", args.start], settings, [*earlier, *args.merge])
+    keys = [i.key for i in items]
+    if args.start == "target" and (missing := [keys[i] for i in partial.todo(keys) if keys[i] not in targets]):
         p.error(f"no exact target in {args.shards} for {', '.join(missing)}")
     cache = args.ones_cache or args.out / "ones"
     cache.mkdir(parents=True, exist_ok=True)
-    for item in todo:  # one image at a time: batching does not pay on a CPU
+
+    def compare(batch: list[int]):  # one image at a time: batching does not pay on a CPU
+        item = items[batch[0]]
         x = preprocess(load_image(item.path), preset.image_size)[None].to(device)
         ones = cached_ones(explainer, x, cache / f"{item.key}-{preset.name}-n{steps}-s{args.seed}.pt", steps, args.seed)
         init = learned if args.start == "learned" else targets[item.key][None].to(device)
-        parts.append(compare_inits(explainer, x, {args.start: init}, steps, [item.key], seed=args.seed,
-                                   rate_distortion=False, ones=ones))
-        parts[-1].settings = settings
-        Comparison.concat(parts).save(args.out)
-    comp = Comparison.concat(parts)
-    comp.settings = settings
+        return compare_inits(explainer, x, {args.start: init}, steps, [item.key], seed=args.seed,
+                             rate_distortion=False, ones=ones)
+
+    comp = partial.finish(keys, compare)
     comp.save(args.out)
     plot_comparison(comp, args.out)
 
