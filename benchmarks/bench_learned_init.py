@@ -16,7 +16,6 @@ noise, free of charge): the oracle row that shows how fast any start can be.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import statistics
@@ -27,12 +26,14 @@ import numpy as np
 import torch
 
 import rde
+from amortized import shards as S
+from amortized.commands.export import add_policy_arguments, configured_policy
 from amortized.comparison import (
     PartialComparison, compare_inits, comparison_settings, ones_run, plot_comparison, wall_speedup,
 )
 from amortized.datasets import list_images
 from amortized.initializer import LearnedStart
-from bench_fast_init import DEFAULT_SHARDS, add_start_arguments, configured_policy, val_samples
+from bench_fast_init import val_samples
 from rde.io import load_image, preprocess
 from rde.metrics import reference_level
 
@@ -67,8 +68,8 @@ def main() -> None:
     p.add_argument("--checkpoint", type=Path)
     p.add_argument("--start", choices=("learned", "target"), default="learned",
                    help="target: each photo's exact target from --shards, at no cost (the oracle)")
-    p.add_argument("--shards", type=Path, default=DEFAULT_SHARDS)
-    add_start_arguments(p)
+    p.add_argument("--shards", type=Path, default=Path(S.DEFAULT_SHARD_DIR))
+    add_policy_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("outputs/bench-learned-init"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
