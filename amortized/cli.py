@@ -21,6 +21,7 @@ COMMANDS = {
     "shards": "inspect, verify and preview a shard directory",
     "train": "train the amortized mask initializer (LightningCLI)",
     "compare": "compare initializations by loss curves and steps-to-reach",
+    "export": "write the plain initializer file of a training checkpoint (its start policy kept or changed)",
 }
 
 

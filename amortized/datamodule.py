@@ -44,7 +44,7 @@ class MaskShardDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        shards: str = "data/shards/efficientnet_lite0-cpu",
+        shards: str = S.DEFAULT_SHARD_DIR,
         preset: str = "cpu",
         classifier: str | None = None,
         batch_size: int = 16,

@@ -29,12 +29,11 @@ import torch
 
 import rde
 from amortized import shards as S
+from amortized.commands.export import add_policy_arguments, configured_policy
 from amortized.initializer import LearnedStart
 from amortized.policy import StartPolicy
 from rde.metrics import collapsed, loss_at
 from rde.warmup import Warmup, WarmStart
-
-DEFAULT_SHARDS = Path("../shared/targets/efficientnet_lite0-cpu")
 
 
 def val_samples(shard_dir: Path, limit: int | None, split: str = "val", offset: int = 0) -> list[dict]:
@@ -53,35 +52,9 @@ def val_samples(shard_dir: Path, limit: int | None, split: str = "val", offset: 
     ]
 
 
-def add_start_arguments(p: argparse.ArgumentParser) -> None:
-    """Options that change a learned start's guard and warm-up (default: the checkpoint's)."""
-    p.add_argument("--guard-keep", type=float, help="override the checkpoint's guard threshold (0: no guard)")
-    p.add_argument("--guard-powers", type=lambda t: tuple(float(x) for x in t.split(",") if x),
-                   help="lifts m**p on all but the finest level, tried before the blends, e.g. 0.5,0.3,0.2,0.12")
-    p.add_argument("--guard-shrinks", type=lambda t: tuple(float(x) for x in t.split(",") if x),
-                   help="soft thresholds tried first, e.g. 0.2,0.1 ('': none)")
-    p.add_argument("--warmup-steps", type=int, help="warm-up steps after the start (0: none)")
-    p.add_argument("--prune-steps", type=int, help="pruning steps after the warm-up (0: none)")
-    p.add_argument("--prune-lam", type=float, help="the pruning phase's multiple of the preset's lambda")
-    p.add_argument("--warmup-samples", type=int, help="noisy copies per warm-up step")
-    p.add_argument("--warmup-lr", type=float, help="warm-up learning rate")
-    p.add_argument("--no-barrier", action="store_true", help="warm up on the plain objective")
-
-
-def configured_policy(args: argparse.Namespace, base: StartPolicy) -> StartPolicy:
-    """``base`` with the warm-up and guard fields the options name replaced."""
-    fields = {"steps": args.warmup_steps, "num_samples": args.warmup_samples, "lr": args.warmup_lr,
-              "prune_steps": args.prune_steps, "prune_lam": args.prune_lam, "keep": args.guard_keep,
-              "powers": args.guard_powers, "shrinks": args.guard_shrinks}
-    changes = {k: v for k, v in fields.items() if v is not None}
-    if args.no_barrier:
-        changes["barrier"] = False
-    return base.replace(**changes)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shards", type=Path, default=DEFAULT_SHARDS)
+    p.add_argument("--shards", type=Path, default=Path(S.DEFAULT_SHARD_DIR))
     p.add_argument("--limit", type=int, default=24, help="first N photos of the split (default: %(default)s)")
     p.add_argument("--offset", type=int, default=0, help="skip the first photos of the split (e.g. to screen on "
                    "photos other than the ones the full comparison reports)")
@@ -89,7 +62,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=30)
     p.add_argument("--start", choices=("learned", "target", "ones"), default="learned")
     p.add_argument("--checkpoint", type=Path, help="initializer (default: the bundled one)")
-    add_start_arguments(p)
+    add_policy_arguments(p)
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--preset", default="cpu")
     p.add_argument("--seed", type=int, default=0)

@@ -16,7 +16,6 @@ noise, free of charge): the oracle row that shows how fast any start can be.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import statistics
@@ -27,18 +26,14 @@ import numpy as np
 import torch
 
 import rde
-from amortized.compare import (
-    Comparison,
-    compare_inits,
-    comparison_settings,
-    load_finished,
-    ones_run,
-    plot_comparison,
-    wall_speedup,
+from amortized import shards as S
+from amortized.commands.export import add_policy_arguments, configured_policy
+from amortized.comparison import (
+    PartialComparison, compare_inits, comparison_settings, ones_run, plot_comparison, wall_speedup,
 )
 from amortized.datasets import list_images
 from amortized.initializer import LearnedStart
-from bench_fast_init import DEFAULT_SHARDS, add_start_arguments, configured_policy, val_samples
+from bench_fast_init import val_samples
 from rde.io import load_image, preprocess
 from rde.metrics import reference_level
 
@@ -73,8 +68,8 @@ def main() -> None:
     p.add_argument("--checkpoint", type=Path)
     p.add_argument("--start", choices=("learned", "target"), default="learned",
                    help="target: each photo's exact target from --shards, at no cost (the oracle)")
-    p.add_argument("--shards", type=Path, default=DEFAULT_SHARDS)
-    add_start_arguments(p)
+    p.add_argument("--shards", type=Path, default=Path(S.DEFAULT_SHARD_DIR))
+    add_policy_arguments(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("outputs/bench-learned-init"))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -102,24 +97,22 @@ def main() -> None:
         targets = {s["key"]: s["mask"] for s in val_samples(args.shards, None, args.split)}
         settings = {**comparison_settings(args.model, preset, args.seed, None), "start": f"target from {args.shards}"}
         described = f"start: the exact targets in {args.shards}"
-    parts = [c for c in (load_finished(d, steps, ["ones", args.start], settings) for d in [*earlier, *args.merge])
-             if c is not None]
-    finished = {name for c in parts for name in c.names}
-    todo = [i for i in items if i.key not in finished]
-    if args.start == "target" and (missing := [i.key for i in todo if i.key not in targets]):
+    partial = PartialComparison(args.out, steps, ["ones", args.start], settings, [*earlier, *args.merge])
+    keys = [i.key for i in items]
+    if args.start == "target" and (missing := [keys[i] for i in partial.todo(keys) if keys[i] not in targets]):
         p.error(f"no exact target in {args.shards} for {', '.join(missing)}")
     cache = args.ones_cache or args.out / "ones"
     cache.mkdir(parents=True, exist_ok=True)
-    for item in todo:  # one image at a time: batching does not pay on a CPU
+
+    def compare(batch: list[int]):  # one image at a time: batching does not pay on a CPU
+        item = items[batch[0]]
         x = preprocess(load_image(item.path), preset.image_size)[None].to(device)
         ones = cached_ones(explainer, x, cache / f"{item.key}-{preset.name}-n{steps}-s{args.seed}.pt", steps, args.seed)
         init = learned if args.start == "learned" else targets[item.key][None].to(device)
-        parts.append(compare_inits(explainer, x, {args.start: init}, steps, [item.key], seed=args.seed,
-                                   rate_distortion=False, ones=ones))
-        parts[-1].settings = settings
-        Comparison.concat(parts).save(args.out)
-    comp = Comparison.concat(parts)
-    comp.settings = settings
+        return compare_inits(explainer, x, {args.start: init}, steps, [item.key], seed=args.seed,
+                             rate_distortion=False, ones=ones)
+
+    comp = partial.finish(keys, compare)
     comp.save(args.out)
     plot_comparison(comp, args.out)
 

@@ -56,11 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
-    from tqdm.auto import tqdm
 
     import rde
     from amortized.commands.explain import resolve_device
-    from amortized.compare import Comparison, compare_inits, comparison_settings, load_finished, plot_comparison
+    from amortized.comparison import PartialComparison, compare_inits, comparison_settings, plot_comparison
     from rde.errors import InputError
     from rde.init import parse_init
     from rde.io import ImageLoadError, OutputDirError, check_output_dir, load_image, preprocess
@@ -83,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(args.out, option="--out")
     checkpoint = (str(args.checkpoint) if args.checkpoint else "bundled") if uses_learned else None
     settings = comparison_settings(args.model, preset, args.seed, checkpoint)
-    done = load_finished(args.out, steps, labels, settings) if args.resume else None
+    partial = PartialComparison(args.out, steps, labels, settings, earlier=[args.out] if args.resume else [])
     if (args.out / "comparison.json").exists() and not (args.resume or args.overwrite):
         raise OutputDirError(
             f"--out {args.out}: holds an earlier comparison (comparison.json); pass --resume to continue it, "
@@ -123,21 +122,16 @@ def run(args: argparse.Namespace) -> int:
         start = learned if base == "learned" else base
         inits[label] = WarmStart(explainer, base=start, seed=args.seed) if warm else start
 
-    parts = []
-    if done is not None:
-        parts.append(done)
-        keep = [i for i, n in enumerate(names) if n not in set(done.names)]
-        print(f"cartoonx compare: resuming, {len(names) - len(keep)} image(s) already in {args.out}", file=sys.stderr)
-        images, names = [images[i] for i in keep], [names[i] for i in keep]
-    batch = max(1, args.batch_size)
-    for start in tqdm(range(0, len(images), batch), desc="compare", unit="batch"):
-        x = torch.stack(images[start : start + batch]).to(device)
-        parts.append(compare_inits(explainer, x, inits, steps, names[start : start + batch], seed=args.seed,
-                                   rate_distortion=not args.no_rate_distortion))
-        parts[-1].settings = settings
-        Comparison.concat(parts).save(args.out)  # finished batches survive an interruption
-    comparison = Comparison.concat(parts)
-    comparison.settings = settings
+    if partial.parts:
+        print(f"cartoonx compare: resuming, {len(names) - len(partial.todo(names))} image(s) already in {args.out}",
+              file=sys.stderr)
+
+    def compare(batch: list[int]):
+        x = torch.stack([images[i] for i in batch]).to(device)
+        return compare_inits(explainer, x, inits, steps, [names[i] for i in batch], seed=args.seed,
+                             rate_distortion=not args.no_rate_distortion)
+
+    comparison = partial.finish(names, compare, batch_size=args.batch_size, progress="compare")
     files = comparison.save(args.out)
     figures = plot_comparison(comparison, args.out)
     print(comparison.format_table())

@@ -21,7 +21,14 @@ decoding, sample checks), :mod:`.manifest` (manifest, failure records, provenanc
 (open for reading, verify, open for writing).
 """
 
-from amortized.shards.directory import ShardIndex, drop_bad_samples, open_for_writing, open_shard_dir, verify_shards
+from amortized.shards.directory import (
+    DEFAULT_SHARD_DIR,
+    ShardIndex,
+    drop_bad_samples,
+    open_for_writing,
+    open_shard_dir,
+    verify_shards,
+)
 from amortized.shards.manifest import (
     append_failures,
     build_manifest,
@@ -68,8 +75,8 @@ from amortized.shards.reader import (
 from amortized.shards.writer import MTIME, AtomicShardWriter, make_sample, rewrite_shard
 
 __all__ = [
-    "AtomicShardWriter", "CURVE_NAMES", "ConfigMismatchError", "CorruptShardError", "FIELDS", "FORMAT",
-    "FORMAT_VERSION", "MANIFEST", "MTIME", "NUM_CLASSES", "SampleError", "SampleSpec",
+    "AtomicShardWriter", "CURVE_NAMES", "ConfigMismatchError", "CorruptShardError", "DEFAULT_SHARD_DIR", "FIELDS",
+    "FORMAT", "FORMAT_VERSION", "MANIFEST", "MTIME", "NUM_CLASSES", "SampleError", "SampleSpec",
     "ShardIndex", "ShardName", "append_failures", "build_manifest", "cached_shard_keys", 
     "check_sample", "checked_samples", "config_diff", "config_hash", "config_hashes", "decode_sample",
     "drop_bad_samples", "failure_log", "is_partial_shard", "list_shards", "load_failures", "make_sample",

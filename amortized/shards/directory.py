@@ -27,6 +27,10 @@ from rde.io import check_output_dir
 
 log = logging.getLogger(__name__)
 
+# The exact targets of the shared ImageNet sample (EfficientNet-Lite0, cpu preset: 800 photos), relative to the
+# checkout's folder: what training reads when no --data.shards is given, and the benchmarks by default.
+DEFAULT_SHARD_DIR = "../shared/targets/efficientnet_lite0-cpu"
+
 
 @dataclass(frozen=True)
 class ShardIndex:

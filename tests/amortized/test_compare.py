@@ -76,7 +76,7 @@ class _Brightness(torch.nn.Module):
 
 def test_collapsed_runs_never_count_as_reaching():
     """An init that empties the mask undercuts the ones loss but must not 'reach': it explains nothing."""
-    from amortized.compare import compare_inits
+    from amortized.comparison import compare_inits
     from rde.classifiers import Classifier
 
     clf = Classifier(_Brightness(), class_names=["bright", "dark"])
@@ -133,7 +133,7 @@ def test_a_damaged_comparison_is_named_and_not_resumed(tmp_path, capsys):
 
 
 def test_loaded_comparison_matches_the_saved_one(tmp_path):
-    from amortized.compare import Comparison, compare_inits
+    from amortized.comparison import Comparison, compare_inits
 
     explainer = CartoonX(create_classifier("tiny-test"), "tiny")
     comp = compare_inits(explainer, torch.rand(2, 3, 64, 64), {"const:0.5": "const:0.5"}, steps=12, names=["a", "b"])
@@ -144,7 +144,7 @@ def test_loaded_comparison_matches_the_saved_one(tmp_path):
 
 
 def test_collapse_counts_against_an_init_only_where_ones_kept_the_class():
-    from amortized.compare import compare_inits
+    from amortized.comparison import compare_inits
     from rde.classifiers import Classifier
 
     clf = Classifier(_Brightness(), class_names=["bright", "dark"])
@@ -159,7 +159,7 @@ def test_collapse_counts_against_an_init_only_where_ones_kept_the_class():
 
 def test_the_start_cost_is_charged_to_steps_to_reach_and_survives_save_and_load(tmp_path):
     """A start that costs 2.5 steps of classifier passes reaches 2.5 steps later than its curve alone says."""
-    from amortized.compare import Comparison, compare_inits
+    from amortized.comparison import Comparison, compare_inits
 
     explainer = CartoonX(create_classifier("tiny-test"), "tiny")
     images = torch.rand(2, 3, 64, 64)
