@@ -148,3 +148,21 @@ def test_cli_views_only_and_a_negative_count(photos, tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli_main(args[:-4] + ["--views", "-1"])
     assert "expected an integer >= 0, got -1" in capsys.readouterr().err
+
+
+def test_training_reads_photos_and_views_made_at_another_precision_together(photos, with_view_samples, tmp_path):
+    """Views written beside targets of another configuration (here bf16-mixed) train with them, as the flywheel does."""
+    out, *_ = with_view_samples
+    views = tmp_path / "bf16-views"
+    generate_targets(photos, views, steps=2, views=1, views_only=True, precision="bf16-mixed", **TINY)
+    assert S.open_shard_dir(views).config_hash != S.open_shard_dir(out).config_hash
+    photo_dir = tmp_path / "photos-only"
+    generate_targets(photos, photo_dir, steps=2, **TINY)
+    dm = MaskShardDataModule([str(photo_dir), str(views)], preset="tiny", batch_size=2, val_fraction=0.0)
+    dm.setup("fit")
+    keys = [k for b in dm.train_dataloader() for k in b["key"]]
+    assert sorted(keys) == sorted(list(samples_by_key(photo_dir)) + list(samples_by_key(views)))
+    assert any(k.endswith("@v1") for k in keys) and len(keys) == 6
+    for shards, problem in (([str(out), str(views)], r"@v1' is in both"), ([str(out), str(out)], "given twice")):
+        with pytest.raises(InputError, match=problem):
+            MaskShardDataModule(shards, preset="tiny", batch_size=2).setup("fit")
