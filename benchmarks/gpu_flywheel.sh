@@ -28,7 +28,7 @@ if [ "${1:-}" = prepare ]; then
   $PY benchmarks/flywheel_steps.py photos ../shared/data/imagenet-sample "$CARRY/photos" --train "${FLYWHEEL_PHOTOS:-192}"
   rm -rf "$CARRY/targets" && cp -r ../shared/targets/efficientnet_lite0-cpu "$CARRY/targets" && chmod -R u+w "$CARRY/targets"
   du -sh "$CARRY"/*
-  total=$(( $(git ls-files -z | xargs -0 cat | wc -c) + $(du -sb "$CARRY" | cut -f1) ))
+  total=$(( $(git ls-files -z | xargs -0 cat 2>/dev/null | wc -c) + $(du -sb "$CARRY" | cut -f1) ))
   echo "checkout + carry: $(( total / 1048576 )) MiB (the device tool carries at most 64 MiB)"
   [ "$total" -lt $(( 62 * 1048576 )) ] || { echo "too large: lower FLYWHEEL_PHOTOS"; exit 1; }
   exit 0
