@@ -5,7 +5,8 @@ Train and validation splits are the same hash split of sample keys that generati
 and loader workers split by shards when there are enough, else by samples (:func:`plan_split`); no
 sample is ever read twice in an epoch, and every DDP rank gets the same number of training batches.
 Every sample is checked as it is read (:func:`amortized.shards.sample_problems`): a bad one is named in
-one warning line and skipped, never trained on.
+one warning line and skipped, never trained on. Several shard directories (e.g. targets made on different
+machines or at another precision) are read as one data set when their masks share a layout and classifier.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import lightning as L
 import numpy as np
@@ -30,7 +31,8 @@ class MaskShardDataModule(L.LightningDataModule):
     """Batches of ``{"image", "mask", "target", "label", "final_loss", "key"}`` from a shard directory.
 
     Args:
-        shards: directory written by ``cartoonx generate``.
+        shards: directory written by ``cartoonx generate``, or a list of them (one layout and classifier;
+            no key in two of them).
         preset: the optimizer preset the model uses; its image size and wavelet must match the shards'.
         classifier: if given, must be the shards' classifier.
         batch_size: images per batch (per rank).
@@ -44,7 +46,7 @@ class MaskShardDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        shards: str = S.DEFAULT_SHARD_DIR,
+        shards: str | list[str] = S.DEFAULT_SHARD_DIR,
         preset: str = "cpu",
         classifier: str | None = None,
         batch_size: int = 16,
@@ -59,25 +61,37 @@ class MaskShardDataModule(L.LightningDataModule):
         if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
             raise InputError(f"batch sizes must be positive, got {batch_size} and {val_batch_size}")
         self.save_hyperparameters()
-        self.index: S.ShardIndex | None = None
+        self.index: S.ShardIndex | None = None  # the first directory's
+        self.indexes: tuple[S.ShardIndex, ...] = ()
 
     def setup(self, stage: str | None = None) -> None:
         from rde import MaskLayout, load_preset
 
-        index = S.open_shard_dir(self.hparams.shards)
+        shards = self.hparams.shards
+        indexes = [S.open_shard_dir(d) for d in ([shards] if isinstance(shards, str) else shards)]
+        if not indexes:
+            raise InputError("no shard directory given (shards is an empty list)")
+        if len({i.directory.resolve() for i in indexes}) < len(indexes):
+            raise InputError(f"a shard directory is given twice in {list(shards)}")
         cfg = load_preset(self.hparams.preset)
         expected = MaskLayout.for_wavelet(cfg.image_size, cfg.image_size, cfg.wavelet).signature
-        if index.config["layout"] != expected:
-            raise S.ConfigMismatchError(
-                f"{index.directory} holds masks of layout {index.config['layout']}, but preset "
-                f"{self.hparams.preset!r} uses {expected}"
-            )
-        clf = self.hparams.classifier
-        if clf is not None and clf != index.config["classifier"]:
-            raise S.ConfigMismatchError(
-                f"{index.directory} holds masks explaining {index.config['classifier']!r}, not {clf!r}"
-            )
-        self.index = index
+        clf = self.hparams.classifier or indexes[0].config["classifier"]
+        seen: dict[str, Any] = {}
+        for index in indexes:
+            if index.config["layout"] != expected:
+                raise S.ConfigMismatchError(
+                    f"{index.directory} holds masks of layout {index.config['layout']}, but preset "
+                    f"{self.hparams.preset!r} uses {expected}"
+                )
+            if clf != index.config["classifier"]:
+                raise S.ConfigMismatchError(
+                    f"{index.directory} holds masks explaining {index.config['classifier']!r}, not {clf!r}"
+                )
+            for key in (k for _, keys in index.shards for k in keys):
+                if seen.setdefault(key, index.directory) != index.directory:
+                    raise InputError(f"sample {key!r} is in both {seen[key]} and {index.directory}; "
+                                     "give each sample once")
+        self.index, self.indexes = indexes[0], tuple(indexes)
 
     def _distributed(self) -> tuple[int, int]:
         import webdataset as wds
@@ -97,15 +111,15 @@ class MaskShardDataModule(L.LightningDataModule):
         hp = self.hparams
         batch_size = hp.batch_size if train else hp.val_batch_size or hp.batch_size
         rank, world = self._distributed()
-        counts = self.index.counts(split, hp.val_fraction)
+        counts = [c for index in self.indexes for c in index.counts(split, hp.val_fraction)]
         plan = plan_split(counts, batch_size, rank, world, hp.num_workers, hp.split_mode, equalize=train)
         if plan.num_batches == 0 and train:
             raise InputError(
-                f"{self.index.directory}: the {split} split has {sum(counts)} samples, not enough for one batch "
+                f"{', '.join(str(i.directory) for i in self.indexes)}: the {split} split has {sum(counts)} samples, not enough for one batch "
                 f"of {batch_size} on each of {world} rank(s); lower batch_size"
             )
         pipeline = mask_pipeline(
-            self.index, split, hp.val_fraction, batch_size, shuffle=train, seed=hp.seed,
+            self.indexes, split, hp.val_fraction, batch_size, shuffle=train, seed=hp.seed,
             shuffle_buffer=hp.shuffle_buffer, plan=plan,
         )
         return DataLoader(pipeline, batch_size=None, num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
@@ -206,13 +220,14 @@ def _key_in_split(sample: dict[str, Any], split: str, fraction: float) -> bool:
     return in_split(sample["__key__"], split, fraction)
 
 
-def _training_sample(sample: dict[str, Any], spec: S.SampleSpec) -> dict[str, Any] | None:
-    """Decode and check one raw sample; a bad one is named in one warning line and dropped (``None``)."""
+def _training_sample(sample: dict[str, Any], specs: dict[str, S.SampleSpec]) -> dict[str, Any] | None:
+    """Decode and check one raw sample against its shard's spec; a bad one is named in one warning line and
+    dropped (``None``)."""
     import torch
 
     key = sample["__key__"]
     raw = {f: sample[f] for f in S.FIELDS if f in sample}  # only our fields are decoded, never by extension
-    s, problems = S.check_sample(key, raw, spec)
+    s, problems = S.check_sample(key, raw, specs[sample["__url__"]])
     if problems:
         log.warning("%s: %s: %s; skipped", sample.get("__url__"), key, "; ".join(problems))
         return None
@@ -236,7 +251,7 @@ def _collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def mask_pipeline(
-    index: S.ShardIndex,
+    index: S.ShardIndex | Sequence[S.ShardIndex],
     split: str = "train",
     val_fraction: float = 1 / 8,
     batch_size: int = 16,
@@ -245,7 +260,7 @@ def mask_pipeline(
     shuffle_buffer: int = 256,
     plan: SplitPlan | None = None,
 ):
-    """A ``webdataset.DataPipeline`` of batches from a shard directory (use with ``DataLoader(batch_size=None)``).
+    """A ``webdataset.DataPipeline`` of batches from a shard directory or several (use with ``DataLoader(batch_size=None)``).
 
     Batches are dicts: ``image`` (B, 3, H, W) float in [0, 1], ``mask`` (B, k) float32, ``target`` (B,)
     the class the mask explains, ``label`` (B,) true class (-1 unknown), ``final_loss`` (B,), ``key`` list.
@@ -255,13 +270,16 @@ def mask_pipeline(
     """
     import webdataset as wds
 
+    indexes = [index] if isinstance(index, S.ShardIndex) else list(index)
     if plan is None:
-        plan = plan_split(index.counts(split, val_fraction), batch_size, equalize=False)
-    index.layout()  # the manifest's layout must be the one its preset gives
-    spec = S.SampleSpec.from_config(index.config, index.config_hash)
-    urls = [str(p) for p, _ in index.shards]
+        plan = plan_split([c for i in indexes for c in i.counts(split, val_fraction)], batch_size, equalize=False)
+    specs = {}
+    for i in indexes:
+        i.layout()  # the manifest's layout must be the one its preset gives
+        specs.update({str(p): S.SampleSpec.from_config(i.config, i.config_hash) for p, _ in i.shards})
+    urls = list(specs)
     if not urls:
-        raise InputError(f"{index.directory}: no finished shards to read")
+        raise InputError(f"{', '.join(str(i.directory) for i in indexes)}: no finished shards to read")
     stages: list[Any] = [wds.SimpleShardList(urls)]
     if plan.mode == "shards":
         stages += [wds.split_by_node, wds.split_by_worker]
@@ -273,7 +291,7 @@ def mask_pipeline(
     if shuffle:
         stages.append(wds.detshuffle(bufsize=shuffle_buffer, initial=min(shuffle_buffer, 64), seed=seed + 1))
     stages += [
-        wds.map(functools.partial(_training_sample, spec=spec)),  # None (a bad sample) is dropped
+        wds.map(functools.partial(_training_sample, specs=specs)),  # None (a bad sample) is dropped
         wds.batched(batch_size, collation_fn=_collate, partial=plan.worker_batches is None),
     ]
     if plan.worker_batches is not None:

@@ -14,6 +14,9 @@ A source or listed path that cannot be used is reported in one line and skipped;
 Labels come from the canonical 1000 wnids (:func:`rde.imagenet_class_index`), never from enumerating
 folders; an image without a known wnid gets label ``-1``. The train/val split is a pure function of the
 sample key (a hash), so it never depends on ordering, batching, or which other files are present.
+
+A view of a photo (a crop and flip, :mod:`amortized.views`) has the key ``<photo key>@v<index>``
+(:func:`view_key`); its split is its photo's, so the views of a validation photo never reach training.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from rde.errors import InputError
 from rde.io import max_pixels
 
 LIST_SUFFIXES = (".txt", ".lst")
+VIEW_MARK = "@v"  # <photo key>@v<index>: the key of a view of a photo
 DEFAULT_VAL_FRACTION = 1 / 8
 Split = Literal["all", "train", "val"]
 _WNID = re.compile(r"^n\d{8}$")
@@ -46,6 +50,8 @@ class ImageItem:
         source: the path as recorded in shard metadata (relative to the dataset root or list file).
         wnid: the ImageNet wnid found in the path, or ``None``.
         label: canonical ImageNet-1k class index of ``wnid``, or ``-1`` when unknown.
+        view: which view of the photo this item is (:mod:`amortized.views`); 0 is the photo itself, and
+            then ``key`` is :func:`view_key` ``(photo key, view)``.
     """
 
     key: str
@@ -53,11 +59,29 @@ class ImageItem:
     source: str
     wnid: str | None
     label: int
+    view: int = 0
 
 
 def sample_key(path: str | Path) -> str:
     """The sample key of an image file: its stem with ``.`` replaced by ``_`` (``a.b.JPEG`` -> ``a_b``)."""
     return Path(path).stem.replace(".", "_")
+
+
+_VIEW_KEY = re.compile(rf"^(.+){re.escape(VIEW_MARK)}([1-9]\d*)$")
+
+
+def view_key(photo: str, view: int) -> str:
+    """The sample key of view ``view`` of the photo with key ``photo``: the photo's own key for view 0,
+    else ``<photo>@v<view>`` (``n01_x@v3``)."""
+    if view < 0:
+        raise InputError(f"view index must be at least 0, got {view}")
+    return photo if view == 0 else f"{photo}{VIEW_MARK}{view}"
+
+
+def parse_view_key(key: str) -> tuple[str, int]:
+    """``(photo key, view index)`` of a sample key; a photo's own key gives ``(key, 0)``."""
+    found = _VIEW_KEY.match(key)
+    return (found.group(1), int(found.group(2))) if found else (key, 0)
 
 
 def wnid_of(path: str | Path) -> str | None:
@@ -93,8 +117,9 @@ def key_fraction(key: str, salt: str = "") -> float:
 
 
 def split_of(key: str, val_fraction: float = DEFAULT_VAL_FRACTION) -> Literal["train", "val"]:
-    """``"val"`` for a fraction ``val_fraction`` of keys chosen by hash, else ``"train"``."""
-    return "val" if key_fraction(key) < val_fraction else "train"
+    """``"val"`` for a fraction ``val_fraction`` of photo keys chosen by hash, else ``"train"``; a view's
+    key (:func:`view_key`) has its photo's split."""
+    return "val" if key_fraction(parse_view_key(key)[0]) < val_fraction else "train"
 
 
 def in_split(key: str, split: Split, val_fraction: float = DEFAULT_VAL_FRACTION) -> bool:
@@ -197,6 +222,11 @@ def list_images(
     items: dict[str, ImageItem] = {}
     for path, recorded in find_images(sources, on_problem):
         item = _item(path, recorded)
+        if parse_view_key(item.key)[1]:
+            raise InputError(
+                f"{path}: its sample key {item.key!r} reads as a view of photo {parse_view_key(item.key)[0]!r}; "
+                f"rename it (keys ending in {VIEW_MARK}<number> are views)"
+            )
         if item.key in items and items[item.key].path.resolve() == path.resolve():
             continue  # the same file named twice (e.g. a folder and a file in it)
         if item.key in items:

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 import rde
 from amortized import shards as S
 from amortized.datasets import ImageItem, key_fraction, key_seed, list_images, report_to_stderr
-from amortized.generate_data import GenerateDataModule, failure_record
+from amortized.generate_data import GenerateDataModule, failure_record, with_views
 from amortized.signals import StopOnSignals, Stopped
 from rde import CartoonX, MaskLayout, RDEConfig, create_classifier, load_preset
 from rde.classifiers import Classifier
@@ -125,10 +125,10 @@ class TargetGenerator(L.LightningModule):
         out = {"samples": [], "failed": list(batch["failed"])}
         if batch["images"] is not None:
             with torch.enable_grad():
-                self._explain(batch["items"], batch["images"], out)
+                self._explain(batch["items"], batch["images"], out, batch["views"])
         return out
 
-    def _explain(self, items: list[ImageItem], images: torch.Tensor, out: dict[str, Any]) -> None:
+    def _explain(self, items: list[ImageItem], images: torch.Tensor, out: dict[str, Any], views: list) -> None:
         seeds = [key_seed(i.key, self.seed) for i in items]
         try:
             ex = self.explainer.explain(images, target=None, init=INIT, seed=seeds)
@@ -137,11 +137,11 @@ class TargetGenerator(L.LightningModule):
                 out["failed"].append(failure_record(items[0], f"{type(e).__name__}: {e}"))
                 return
             for j, item in enumerate(items):
-                self._explain([item], images[j : j + 1], out)
+                self._explain([item], images[j : j + 1], out, views[j : j + 1])
             return
-        out["samples"] += [self._sample(ex, j, item, seeds[j]) for j, item in enumerate(items)]
+        out["samples"] += [self._sample(ex, j, item, seeds[j], views[j]) for j, item in enumerate(items)]
 
-    def _sample(self, ex: rde.Explanation, j: int, item: ImageItem, seed: int) -> dict[str, Any]:
+    def _sample(self, ex: rde.Explanation, j: int, item: ImageItem, seed: int, view: Any = None) -> dict[str, Any]:
         image = (ex.images[j] * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         curves = np.stack([ex.history[name][j].numpy() for name in S.CURVE_NAMES])
         final = {name: float(curves[r, -1]) if curves.shape[1] else None for r, name in enumerate(S.CURVE_NAMES)}
@@ -173,6 +173,8 @@ class TargetGenerator(L.LightningModule):
             "version": rde.__version__,
             "provenance": self.provenance,
         }
+        if view is not None:  # a view of the photo (amortized.views): enough to cut the image again
+            meta["view"] = view.to_meta()
         mask = ex.mask[j].cpu().numpy()
         return S.make_sample(item.key, image, mask, curves, item.label, meta)
 
@@ -294,6 +296,8 @@ def generate_targets(
     strategy: str = "auto",
     num_workers: int = 0,
     show_progress: bool = True,
+    views: int = 0,
+    views_only: bool = False,
     **preset_overrides: Any,
 ) -> GenerateSummary:
     """Explain every image of ``source`` with exact CartoonX and write the masks to shards in ``out_dir``.
@@ -313,6 +317,9 @@ def generate_targets(
         accelerator, devices, num_nodes, strategy: passed to :class:`lightning.Trainer`.
         num_workers: image-loading worker processes per rank.
         show_progress: progress bar with images/hour and ETA on rank 0.
+        views: also explain this many views of each photo (:mod:`amortized.views`; keys ``<key>@v<i>``,
+            each photo's split), photos first, then view 1 of every photo, and so on.
+        views_only: only the views, not the photos themselves (e.g. views beside targets made elsewhere).
 
     Returns:
         A :class:`GenerateSummary` of this process's rank.
@@ -338,6 +345,7 @@ def generate_targets(
     items.sort(key=lambda i: key_fraction(i.key, salt="order:"))  # a class-mixed order: partial runs stay useful
     if limit is not None:
         items = items[:limit]
+    items = with_views(items, views, photos_too=not views_only)
     clf = create_classifier(classifier)
     config = target_config(clf.name, cfg, seed)
     chash = S.config_hash(config)

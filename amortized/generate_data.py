@@ -1,8 +1,9 @@
-"""The data side of ``cartoonx generate``: the images still to explain, split across ranks, and the lock
-that keeps two runs out of one output directory."""
+"""The data side of ``cartoonx generate``: the images still to explain (photos and their views), split
+across ranks, and the lock that keeps two runs out of one output directory."""
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import os
 from pathlib import Path
@@ -13,9 +14,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from amortized import shards as S
-from amortized.datasets import ImageItem
+from amortized.datasets import ImageItem, parse_view_key, view_key
+from amortized.views import load_view
 from rde.errors import InputError
-from rde.io import check_output_dir, load_image, preprocess
+from rde.io import check_output_dir
 
 LOCK_NAME = ".generate.lock"
 
@@ -42,8 +44,23 @@ class _DirLock:
 
 
 # -- data ------------------------------------------------------------------------------------------------
+def with_views(photos: Sequence[ImageItem], views: int, photos_too: bool = True) -> list[ImageItem]:
+    """The work list of ``photos`` and ``views`` views of each (:mod:`amortized.views`), view by view: every
+    photo itself (view 0, unless not ``photos_too``), then view 1 of every photo, then view 2, ... in the
+    photos' order, so a run stopped early has as many different photos as possible."""
+    if views < 0:
+        raise InputError(f"views must be at least 0, got {views}")
+    first = 0 if photos_too else 1
+    return [
+        item if v == 0 else dataclasses.replace(item, key=view_key(item.key, v), view=v)
+        for v in range(first, views + 1)
+        for item in photos
+    ]
+
+
 class ImageListDataset(Dataset):
-    """Loads and preprocesses images; a bad file yields ``image=None`` and the error instead of raising."""
+    """Loads and preprocesses images (a view is cut from its photo: ``view`` is its :class:`~amortized.views.View`,
+    ``None`` for a photo itself); a bad file yields ``image=None`` and the error instead of raising."""
 
     def __init__(self, items: Sequence[ImageItem], image_size: int) -> None:
         self.items = list(items)
@@ -55,16 +72,17 @@ class ImageListDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
         try:
-            image, error = preprocess(load_image(item.path), self.image_size), None
+            (image, view), error = load_view(item.path, parse_view_key(item.key)[0], item.view, self.image_size), None
         except (ValueError, OSError) as e:
-            image, error = None, str(e)
-        return {"item": item, "image": image, "error": error}
+            image, view, error = None, None, str(e)
+        return {"item": item, "image": image, "view": view, "error": error}
 
 
 def collate_items(batch: list[dict[str, Any]]) -> dict[str, Any]:
     good = [b for b in batch if b["image"] is not None]
     return {
         "items": [b["item"] for b in good],
+        "views": [b["view"] for b in good],
         "images": torch.stack([b["image"] for b in good]) if good else None,
         "failed": [failure_record(b["item"], b["error"]) for b in batch if b["image"] is None],
     }

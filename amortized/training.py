@@ -21,11 +21,12 @@ class InitializerCLI(LightningCLI):
         """Refuse a missing shard directory before loggers, folders or the model are set up."""
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
         shards = (config.get("data") or {}).get("init_args", {}).get("shards")
-        if shards is not None and not Path(shards).is_dir():
-            raise FileNotFoundError(
-                f"{shards}: no shard directory there (a relative path is relative to the current folder, "
-                f"{Path.cwd()}); pass --data.init_args.shards DIR"
-            )
+        for directory in [] if shards is None else [shards] if isinstance(shards, str) else shards:
+            if not Path(directory).is_dir():
+                raise FileNotFoundError(
+                    f"{directory}: no shard directory there (a relative path is relative to the current folder, "
+                    f"{Path.cwd()}); pass --data.init_args.shards DIR"
+                )
 
 
 def cli_main(args: Sequence[str] | None = None, run: bool = True) -> InitializerCLI:

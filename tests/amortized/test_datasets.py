@@ -16,10 +16,13 @@ from amortized.datasets import (
     key_seed,
     label_of,
     list_images,
+    parse_view_key,
     sample_key,
     split_of,
+    view_key,
     wnid_of,
 )
+from rde.errors import InputError
 
 # (wnid, canonical index): tench is class 0, goldfish 1, toilet tissue 999 in the standard ImageNet-1k order.
 KNOWN = [("n01440764", 0), ("n01443537", 1), ("n15075141", 999)]
@@ -173,3 +176,40 @@ def test_key_seed_depends_on_key_and_base_seed_only():
     assert len(seeds) == 1000
     assert key_seed("a", 0) != key_seed("a", 1)
     assert all(0 <= s < 2**63 for s in seeds)
+
+
+# The 92 val photos of ../shared (800 photos, hash split), pinned: sha256 of their sorted keys, space-joined.
+VAL_KEYS_SHA256 = "8e9a84b707332cbc"
+
+
+def test_view_keys_name_photo_and_index():
+    assert view_key("n01440764_tench", 0) == "n01440764_tench"
+    assert view_key("n01440764_tench", 3) == "n01440764_tench@v3"
+    assert parse_view_key("n01440764_tench@v3") == ("n01440764_tench", 3)
+    assert parse_view_key("n01440764_tench") == ("n01440764_tench", 0)
+    assert parse_view_key("a@v0") == ("a@v0", 0) and parse_view_key("a@v") == ("a@v", 0)
+    with pytest.raises(InputError, match="at least 0"):
+        view_key("a", -1)
+
+
+def test_views_keep_their_photos_split():
+    keys = [f"n{i:08d}_img" for i in range(2000)]
+    assert sum(split_of(k) == "val" for k in keys) > 200
+    for k in keys:
+        assert {split_of(view_key(k, v), 0.25) for v in range(1, 6)} == {split_of(k, 0.25)}
+        assert {split_of(view_key(k, v)) for v in (1, 17, 100)} == {split_of(k)}
+
+
+def test_no_val_photo_of_the_shared_sample_changes_split(imagenet_sample):
+    keys = [i.key for i in list_images(imagenet_sample)]
+    val = sorted(k for k in keys if split_of(k) == "val")
+    assert len(keys) == 800 and len(val) == 92
+    assert hashlib.sha256(" ".join(val).encode()).hexdigest()[:16] == VAL_KEYS_SHA256
+    assert all(split_of(view_key(k, v)) == "val" for k in val for v in (1, 2, 50))
+    assert not any(split_of(view_key(k, 1)) == "val" for k in keys if k not in set(val))
+
+
+def test_a_photo_whose_key_reads_as_a_view_is_refused(tmp_path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "n01440764_x@v2.png")
+    with pytest.raises(InputError, match=r"x@v2.png.*reads as a view of photo 'n01440764_x'"):
+        list_images(tmp_path)
