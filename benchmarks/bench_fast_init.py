@@ -22,10 +22,13 @@ import argparse
 import dataclasses
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's packages, not an installed one
 
 import rde
 from amortized import shards as S
@@ -66,10 +69,12 @@ def main() -> None:
     p.add_argument("--model", default="efficientnet_lite0")
     p.add_argument("--preset", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="default: %(default)s")
     p.add_argument("--json", type=Path, help="append the result as one JSON line to this file")
     args = p.parse_args()
 
-    explainer = rde.CartoonX(rde.create_classifier(args.model), args.preset)
+    device = torch.device(args.device)
+    explainer = rde.CartoonX(rde.create_classifier(args.model, device=device), args.preset)
     samples = val_samples(args.shards, args.limit, args.split, args.offset)
     cost = torch.zeros(len(samples))
     backoffs = None
@@ -84,15 +89,15 @@ def main() -> None:
         policy = configured_policy(args, StartPolicy())
         start_fn = WarmStart(explainer, policy.warmup, seed=args.seed)
     for i, s in enumerate(samples):  # one photo at a time: batching does not pay on a CPU
-        x = s["image"][None]
-        target = torch.tensor([s["target"]])
+        x = s["image"][None].to(device)
+        target = torch.tensor([s["target"]], device=device)
         if start_fn is not None:
             init = start_fn(x, target)
             cost[i] = init.cost[0]
             if backoffs is not None:
                 backoffs.append(int(init.backoffs[0]))
         else:
-            init = s["mask"][None] if args.start == "target" else "ones"
+            init = s["mask"][None].to(device) if args.start == "target" else "ones"
         res = explainer.explain(x, target=target, init=init, steps=args.steps, seed=args.seed)
         at = loss_at(res.history["loss"], [1, 10, args.steps])
         ratios.append(float(at[args.steps][0]) / s["final_loss"])
