@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from amortized import shards as S
 from amortized.datasets import ImageItem
 from rde.errors import InputError
-from rde.io import check_output_dir, load_image, preprocess
+from rde.io import check_output_dir, load_and_preprocess
 
 LOCK_NAME = ".generate.lock"
 
@@ -55,7 +55,7 @@ class ImageListDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         item = self.items[index]
         try:
-            image, error = preprocess(load_image(item.path), self.image_size), None
+            image, error = load_and_preprocess(item.path, self.image_size), None
         except (ValueError, OSError) as e:
             image, error = None, str(e)
         return {"item": item, "image": image, "error": error}

@@ -63,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from amortized.compare import Comparison, compare_inits, comparison_settings, load_finished, plot_comparison
     from rde.errors import InputError
     from rde.init import parse_init
-    from rde.io import ImageLoadError, OutputDirError, check_output_dir, load_image, preprocess
+    from rde.io import ImageLoadError, OutputDirError, check_output_dir, load_and_preprocess
     from rde.warmup import WarmStart, split_warmup
 
     device = resolve_device(args.device)
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
     images, names = [], []
     for path in paths:
         try:
-            images.append(preprocess(load_image(path), preset.image_size))
+            images.append(load_and_preprocess(path, preset.image_size))
             names.append(Path(path).stem)
         except ImageLoadError as e:
             skip(str(e))

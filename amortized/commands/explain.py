@@ -211,12 +211,12 @@ def _batches(
     """Yield ``([(path, stem)], images (B, 3, size, size))``; files that fail to load go to ``on_error``."""
     import torch
 
-    from rde.io import ImageLoadError, load_image, preprocess
+    from rde.io import ImageLoadError, load_and_preprocess
 
     good, tensors = [], []
     for path, stem in paths:
         try:
-            tensors.append(preprocess(load_image(path), size))
+            tensors.append(load_and_preprocess(path, size))
             good.append((path, stem))
         except ImageLoadError as e:
             on_error(path, str(e))
