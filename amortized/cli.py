@@ -85,8 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if rest:
         args.extra = rest
-    previous = warnings.formatwarning
-    warnings.formatwarning = lambda message, category, *_, **__: f"cartoonx {args.command}: warning: {message}\n"
+    previous = warnings.showwarning
+    warnings.showwarning = lambda message, *_, **__: _say(f"cartoonx {args.command}: warning: {message}")
     try:
         return int(args._run(args) or 0)
     except Exception as e:
@@ -99,7 +99,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cartoonx {args.command}: interrupted" + (f"; {hint(args)}" if hint else ""), file=sys.stderr)
         return 130
     finally:
-        warnings.formatwarning = previous
+        warnings.showwarning = previous
+
+
+def _say(line: str) -> None:
+    """One line on stderr, above any progress bar (not through it)."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(line, file=sys.stderr)
 
 
 def _is_user_error(error: Exception) -> bool:

@@ -159,13 +159,19 @@ def test_different_config_is_refused(images, generated):
         generate_targets(images, out, seed=1, **TINY)
 
 
-def test_corrupt_shard_is_named(images, tmp_path):
+def test_a_truncated_shard_is_moved_aside_and_its_samples_recomputed(images, tmp_path):
     out = tmp_path / "shards"
     generate_targets(images, out, shard_size=4, limit=4, **TINY)
     (shard,) = S.list_shards(out)
+    before = samples_by_key(out)
     shard.write_bytes(shard.read_bytes()[:5000])
-    with pytest.raises(S.CorruptShardError, match=shard.name):
-        generate_targets(images, out, shard_size=4, **TINY)
+    again = generate_targets(images, out, shard_size=4, limit=4, **TINY)  # resumes; no hand deletion
+    assert (again.done, again.skipped) == (4, 0)
+    assert (out / (shard.name + ".corrupt")).exists() and S.verify_shards(out)[1] == []
+    assert json.loads((out / "manifest.json").read_text())["corrupt"][0]["shard"] == shard.name
+    after = samples_by_key(out)
+    assert sorted(after) == sorted(before)
+    assert all(np.array_equal(after[k]["mask"], before[k]["mask"]) for k in before)  # the same seeds, the same masks
 
 
 def test_bad_image_is_logged_skipped_and_recorded(tmp_path, capsys):
