@@ -187,3 +187,25 @@ def test_warnings_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"\ncartoonx explain: warning: {photo}: 200x20 pixels is upscaled 3.2x" in "\n" + err.replace("\r", "\n")
     assert "warnings.warn" not in err
+
+
+@pytest.mark.parametrize("module, user_value, expected", [("rde", None, "PASSIVE"), ("amortized.initializer", None, "PASSIVE"),
+                                                          ("rde", "ACTIVE", "ACTIVE")])
+def test_the_api_sets_a_passive_openmp_wait_before_torch_loads(module, user_value, expected):
+    """OpenMP reads OMP_WAIT_POLICY once, when torch loads it: the API must set it before its first torch import."""
+    code = f"""
+import builtins, os
+real, seen = builtins.__import__, []
+def spy(name, *args, **kwargs):
+    if name.split(".")[0] == "torch" and not seen:
+        seen.append(os.environ.get("OMP_WAIT_POLICY"))
+    return real(name, *args, **kwargs)
+builtins.__import__ = spy
+import {module}
+print(seen[0])
+"""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if user_value:
+        env["OMP_WAIT_POLICY"] = user_value
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == expected, done.stderr[-2000:]

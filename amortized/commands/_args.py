@@ -22,8 +22,8 @@ def int_at_least(low: int, high: int = INT64_MAX, why: str = "") -> Callable[[st
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
         if not low <= value <= high:
-            bound = f">= {low}" if value < low else f"<= {high:,}"
-            raise argparse.ArgumentTypeError(f"expected an integer {bound}{why}, got {value}")
+            bound = f">= {low}" if value < low else f"<= {high:,}{why}"
+            raise argparse.ArgumentTypeError(f"expected an integer {bound}, got {value}")
         return value
 
     return parse
