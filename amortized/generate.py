@@ -37,11 +37,12 @@ import rde
 from amortized import shards as S
 from amortized.datasets import ImageItem, key_fraction, key_seed, list_images, report_to_stderr
 from amortized.generate_data import GenerateDataModule, failure_record, with_views
+from amortized.shards.writer import KEPT
 from amortized.signals import StopOnSignals, Stopped
 from rde import CartoonX, MaskLayout, RDEConfig, create_classifier, load_preset
 from rde.classifiers import Classifier
 from rde.errors import InputError
-from rde.io import check_output_dir
+from rde.io import OutputWriteError, check_output_dir, remove_if_empty, write_failure
 
 METHOD = "cartoonx"
 INIT = "ones"
@@ -230,8 +231,11 @@ class ShardPredictionWriter(BasePredictionWriter):
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         with self.stop.critical():  # a signal waits until the samples are written: no half sample
             for sample in prediction["samples"]:
-                self._writer.write(sample)
-            S.append_failures(self.out_dir, self._rank, self.chash, prediction["failed"])
+                self._writer.write(sample)  # a failed write (full disk) drops the open shard and says so
+            try:
+                S.append_failures(self.out_dir, self._rank, self.chash, prediction["failed"])
+            except OSError as e:
+                raise write_failure(S.failure_log(self.out_dir, self._rank), e, KEPT) from e
         for rec in prediction["failed"]:
             tqdm.write(f"skipped {rec['source']}: {rec['error']}", file=sys.stderr)
         self.summary.done += len(prediction["samples"])
@@ -250,7 +254,10 @@ class ShardPredictionWriter(BasePredictionWriter):
         self._write_manifest()
 
     def _write_manifest(self) -> None:
-        S.write_manifest(self.out_dir, self.config, self.chash, getattr(self._module, "provenance", None))
+        try:
+            S.write_manifest(self.out_dir, self.config, self.chash, getattr(self._module, "provenance", None))
+        except OSError as e:  # the next run rebuilds it from the finished shards
+            raise write_failure(self.out_dir / S.MANIFEST, e, KEPT) from e
 
     def _close(self) -> bool:
         """Finish the open shard; whether this rank had started writing."""
@@ -272,9 +279,37 @@ class ShardPredictionWriter(BasePredictionWriter):
         self._write_manifest()
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if self._close():  # samples already written are complete: keep them in a finished shard
-            self.summary.seconds = time.perf_counter() - self._start
-            self._write_manifest()  # the failures logged since the last shard, too
+        try:
+            if self._close():  # samples already written are complete: keep them in a finished shard
+                self.summary.seconds = time.perf_counter() - self._start
+                self._write_manifest()  # the failures logged since the last shard, too
+        except OutputWriteError:
+            if not isinstance(exception, OutputWriteError):
+                raise
+            # the disk that failed fails again: the first error is the one to report; a rerun tidies up
+
+
+def _remove_if_no_result(out_dir: Path) -> None:
+    """Remove a folder this run created if it holds no shard and no failure record (only the manifest of nothing):
+    a run that failed before its first result leaves no empty folder behind."""
+    if out_dir.is_dir() and not S.list_shards(out_dir) and not S.failure_logs(out_dir):
+        (out_dir / S.MANIFEST).unlink(missing_ok=True)
+        remove_if_empty(out_dir)
+
+
+def check_accelerator(accelerator: str) -> None:
+    """Refuse, before any work, an accelerator this machine does not have (one line, not Lightning's traceback)."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    if accelerator in ("auto", "cpu"):
+        return
+    try:
+        L.Trainer(accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
+                  enable_progress_bar=False, enable_model_summary=False)
+    except (MisconfigurationException, ValueError, ImportError, RuntimeError) as e:
+        cuda = "a CUDA GPU" if torch.cuda.is_available() else "no CUDA GPU"
+        raise InputError(f"--accelerator {accelerator}: not usable here ({str(e).rstrip('!.')}; this machine has "
+                         f"{cuda}); use --accelerator cpu or auto") from None
 
 
 # -- entry point -----------------------------------------------------------------------------------------
@@ -335,6 +370,8 @@ def generate_targets(
     if batch_size < 1:
         raise InputError(f"batch size must be positive, got {batch_size}")
     out_dir = check_output_dir(out_dir)
+    check_accelerator(accelerator)
+    existed = out_dir.exists()
     problems: list[str] = []
 
     def on_problem(message: str) -> None:
@@ -376,6 +413,8 @@ def generate_targets(
         raise
     finally:
         data.release_lock()  # also when setup refused the directory
+        if not existed:
+            _remove_if_no_result(out_dir)
     writer.summary.skipped = data.skipped  # also when nothing was left to do (the predict hooks are skipped)
     writer.summary.unlisted = len(problems)
     return writer.summary

@@ -8,7 +8,14 @@ Quick start::
     result.mask, result.explanation, result.history["loss"]
 """
 
-from rde.classifiers import (
+import os as _os
+
+# OpenMP threads that spin-wait between parallel regions make a shared or busy CPU many times slower (measured:
+# benchmarks/bench_api_vs_cli.py). OpenMP reads this once, when torch loads it: set here, before torch is imported,
+# the Python API is as fast as the command line, which sets it too. A value the user set is kept.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from rde.classifiers import (  # noqa: E402  (after the OpenMP setting)
     DEFAULT_CLASSIFIER,
     Classifier,
     create_classifier,

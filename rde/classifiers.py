@@ -180,11 +180,15 @@ def _from_callable(spec: str) -> Classifier:
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
         raise InputError(f"classifier {spec!r}: module {module_name!r} has no callable {attr!r}")
-    model = factory()
+    try:
+        model = factory()
+    except Exception as e:  # the user's code: named in one line, as any other bad --model
+        raise InputError(f"classifier {spec!r}: {attr}() failed ({type(e).__name__}: {e})") from e
     if isinstance(model, Classifier):
         return model
     if not isinstance(model, nn.Module):
-        raise TypeError(f"classifier {spec!r} returned {type(model).__name__}, expected an nn.Module")
+        raise InputError(f"classifier {spec!r}: {attr}() returned {type(model).__name__}, expected an nn.Module "
+                         "mapping [0, 1] images to logits")
     return Classifier(model, name=spec)
 
 

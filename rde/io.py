@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageFile, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 from torch import Tensor
 from torchvision.transforms import functional as TF
 
@@ -23,6 +23,14 @@ MAX_PIXELS_ENV = "CARTOONX_MAX_PIXELS"
 
 class ImageLoadError(InputError):
     """An image file that cannot be used; the message names the file and the reason."""
+
+
+class ImageGeometryWarning(UserWarning):
+    """An image so small or so elongated that resizing and center-cropping it changes what the classifier sees."""
+
+
+UPSCALE_WARN = 2.0  # warn when the shorter side is enlarged more than this factor
+ASPECT_WARN = 2.0  # warn when the center crop drops more than half of the longer side
 
 
 def max_pixels() -> int | None:
@@ -45,6 +53,7 @@ def max_pixels() -> int | None:
 def load_image(path: str | Path) -> Image.Image:
     """Open any PIL-readable image as 8-bit RGB.
 
+    The EXIF orientation is applied (a phone photo stored sideways is returned upright, as viewers show it).
     Greyscale is replicated to three channels, RGBA/LA is composited on white, CMYK and palette
     images are converted, and 16-bit or float images are rescaled to 8 bits by their range. An image
     of more than :func:`max_pixels` pixels is refused before it is decoded.
@@ -61,7 +70,7 @@ def load_image(path: str | Path) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)  # PIL only warns below 2x its bound
             with Image.open(path) as img:
                 img.load()
-                return _to_rgb(img)
+                return _to_rgb(ImageOps.exif_transpose(img))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         found = re.search(r"\((\d+) pixels\)", str(e))
         size = f"{int(found.group(1)):,} pixels" if found else "its size"
@@ -98,9 +107,30 @@ def preprocess(img: Image.Image, size: int) -> Tensor:
     return tensor.float().div_(255.0)
 
 
+def geometry_problem(width: int, height: int, size: int) -> str | None:
+    """Why resizing a ``width x height`` image to ``size`` and center-cropping it loses or invents much, if it does."""
+    short, long = min(width, height), max(width, height)
+    problems = []
+    if short * UPSCALE_WARN < size:
+        problems.append(f"upscaled {size / short:.3g}x to {size} px (the classifier sees interpolation)")
+    if long > ASPECT_WARN * short:
+        problems.append(f"center-cropped to a square that keeps {100 * short / long:.2g}% of its longer side")
+    return f"{width}x{height} pixels is " + " and ".join(problems) if problems else None
+
+
+def load_and_preprocess(path: str | Path, size: int) -> Tensor:
+    """:func:`load_image` then :func:`preprocess`; an image that is much smaller than ``size`` or far from square
+    gives an :class:`ImageGeometryWarning` naming the file (it is still used)."""
+    img = load_image(path)
+    problem = geometry_problem(*img.size, size)
+    if problem:
+        warnings.warn(f"{path}: {problem}", ImageGeometryWarning, stacklevel=2)
+    return preprocess(img, size)
+
+
 def load_images(paths: list[str | Path], size: int) -> Tensor:
     """Load and preprocess several files into ``(B, 3, size, size)``; raises on the first bad file."""
-    return torch.stack([preprocess(load_image(p), size) for p in paths])
+    return torch.stack([load_and_preprocess(p, size) for p in paths])
 
 
 def check_images(images: Tensor, name: str = "images") -> None:
@@ -148,6 +178,29 @@ def check_output_dir(path: str | Path, create: bool = False, option: str | None 
         except OSError as e:
             raise OutputDirError(f"{name}: cannot create the folder ({e.strerror or e})") from None
     return path
+
+
+def remove_if_empty(path: str | Path) -> None:
+    """Remove the folder ``path`` if it holds nothing: a run that failed before its first result leaves no trace."""
+    try:
+        Path(path).rmdir()
+    except OSError:
+        pass  # not empty, or already gone
+
+
+class OutputWriteError(OutputDirError):
+    """A write that failed (a full disk, a quota, a file system gone read-only): the run stops, what was finished is
+    kept, and the same command resumes. Exit code 1: the input was fine, the run is incomplete."""
+
+    exit_code = 1
+
+
+def write_failure(path: str | Path, error: OSError, kept: str) -> OutputWriteError:
+    """The one-line error for ``error`` raised while writing ``path`` (or the file the error names): the file, the
+    system's reason, and ``kept`` (what survives and how to resume)."""
+    where = error.filename if isinstance(error.filename, str) else path
+    reason = error.strerror or str(error)
+    return OutputWriteError(f"{where}: cannot write ({reason}); {kept}")
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:

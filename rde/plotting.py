@@ -8,6 +8,7 @@ the optimizer.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Sequence
 
@@ -23,6 +24,23 @@ from rde.explanation import Explanation
 METHOD_TITLES = {"cartoonx": "CartoonX", "pixel-rde": "Pixel RDE"}
 LOG_SCALE_RATIO = 30.0  # use a log y-axis when the plotted loss terms span more than this factor
 LOG_FLOOR = 1e-4  # on a log axis, the lowest value shown relative to the largest (step-0 distortion is ~0)
+
+
+@functools.lru_cache(maxsize=4)
+def _font_codepoints(family: tuple[str, ...]) -> frozenset[int]:
+    from matplotlib import font_manager
+
+    path = font_manager.findfont(font_manager.FontProperties(family=list(family)))
+    return frozenset(font_manager.get_font(path).get_charmap())
+
+
+def drawable(text: str) -> str:
+    """``text`` with the characters that the figure font cannot draw replaced by ``?``: a file name in a script the
+    font lacks reads as ``??.png`` instead of empty boxes and one matplotlib warning per missing glyph."""
+    import matplotlib
+
+    codepoints = _font_codepoints(tuple(matplotlib.rcParams["font.family"]))
+    return "".join(c if ord(c) in codepoints or c in "\n\t" else "?" for c in text)
 
 
 def _new_figure(width: float, height: float) -> Figure:
@@ -239,7 +257,7 @@ def per_image_loss_figure(losses: dict[str, Tensor], names: Sequence[str], colum
         for run, loss in losses.items():
             axes[i].plot(np.arange(1, loss.shape[1] + 1), loss[i].detach().cpu().float().numpy(),
                          color=colors[run], lw=0.8, label=run)
-        axes[i].set(yscale="log", title=image_name[:32])
+        axes[i].set(yscale="log", title=drawable(image_name[:32]))
         axes[i].tick_params(labelsize=7)
     for ax in axes[n:]:
         ax.axis("off")
@@ -257,7 +275,7 @@ def side_by_side_figure(images: Tensor, explanations: dict[str, Tensor], names: 
     axes = np.asarray(fig.subplots(n, cols, squeeze=False))
     for i in range(n):
         axes[i, 0].imshow(_hwc(images[i]))
-        axes[i, 0].set_title(names[i][:28], fontsize=8)
+        axes[i, 0].set_title(drawable(names[i][:28]), fontsize=8)
         for j, (run, explanation) in enumerate(explanations.items(), start=1):
             axes[i, j].imshow(explanation[i, 0].detach().cpu().float().numpy(), cmap="gray", vmin=0, vmax=1)
             axes[i, j].set_title(captions[run][i] if captions else run, fontsize=8)

@@ -3,21 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Callable
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# The loss history alone takes 16 bytes a step per image (four float32 curves, allocated up front): 10^6 steps are
+# 16 MB an image and days of CPU time; 10^12 would ask for 16 TB before the first step.
+MAX_STEPS = 1_000_000
 
-def int_at_least(low: int) -> Callable[[str], int]:
+
+def int_at_least(low: int, high: int = INT64_MAX, why: str = "") -> Callable[[str], int]:
+    """An integer in ``[low, high]`` (default: up to int64's largest, what torch's seeds and counters hold)."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {value}")
+        if not low <= value <= high:
+            bound = f">= {low}" if value < low else f"<= {high:,}{why}"
+            raise argparse.ArgumentTypeError(f"expected an integer {bound}, got {value}")
         return value
 
     return parse
+
+
+steps_int = int_at_least(0, MAX_STEPS, why=" (the loss history takes 16 bytes a step per image)")
+positive_steps = int_at_least(1, MAX_STEPS, why=" (the loss history takes 16 bytes a step per image)")
+seed_int = int_at_least(INT64_MIN, INT64_MAX, why=" (a 64-bit seed)")
 
 
 def float_in(low: float, high: float, high_inclusive: bool = False) -> Callable[[str], float]:
@@ -42,10 +56,15 @@ non_negative_float = float_in(0.0, float("inf"))
 fraction = float_in(0.0, 1.0)
 
 
-def outside(paths: list[Path], folder: Path) -> list[Path]:
-    """``paths`` without those inside ``folder``: a folder input that holds --out must not feed on its outputs."""
-    folder = folder.resolve()
-    return [p for p in paths if folder not in p.resolve().parents]
+def outside(paths: list[Path], folder: Path, command: str) -> list[Path]:
+    """``paths`` without those inside ``folder``: a folder input that holds --out must not feed on its outputs.
+    How many were left out, and why, is said in one line on stderr."""
+    resolved = folder.resolve()
+    kept = [p for p in paths if resolved not in Path(p).resolve().parents]
+    if len(kept) < len(paths):
+        print(f"cartoonx {command}: ignoring {len(paths) - len(kept)} image(s) inside --out {folder} (outputs are not "
+              "inputs; move them out of it to explain them)", file=sys.stderr)
+    return kept
 
 
 # rde.precision.PRECISIONS, repeated so that building the parser imports no torch (a test checks they agree).

@@ -8,7 +8,8 @@ and preset, warmed up and guarded as its checkpoint says; ``<init>+warmup`` runs
 any other start (40 steps of 2 noisy copies at lr 0.03 with a log-probability barrier, then, for a class of
 probability >= 0.5, 60 pruning steps at 6 λ; charged as 12.5 steps of a 16-copy preset, 5 without pruning). Inputs are read as by ``cartoonx explain``; those that cannot be read are named and
 skipped, and the exit code is then 1. An earlier comparison in OUT is continued with --resume or replaced with
---overwrite, never silently.
+--overwrite, never silently. The inputs and explanations of finished images are kept in OUT/pictures.npz, so that
+a resumed comparison's explanations.png shows them too.
 
 Examples:
   cartoonx compare examples/ --inits ones,learned --steps 100
@@ -22,8 +23,20 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from amortized.commands._args import add_precision_argument, fraction, outside, positive_int
+if TYPE_CHECKING:
+    from amortized.compare import Comparison
+
+from amortized.commands._args import (
+    add_precision_argument,
+    fraction,
+    non_negative_float,
+    outside,
+    positive_int,
+    positive_steps,
+    seed_int,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,11 +45,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inits", default="ones,learned",
                         help="comma-separated: ones, learned, const:C, random, preopt; any but learned with +warmup "
                         "(default: %(default)s)")
-    parser.add_argument("--steps", type=positive_int, help="Adam steps N (default: the preset's)")
+    parser.add_argument("--steps", type=positive_steps, help="Adam steps N (default: the preset's)")
     parser.add_argument("--model", default="efficientnet_lite0", help="classifier (default: %(default)s)")
     parser.add_argument("--preset", default="cpu", help="optimizer preset (default: %(default)s)")
+    parser.add_argument("--lam", type=non_negative_float, help="sparsity weight lambda (default: the preset's)")
     parser.add_argument("--checkpoint", type=Path, help="initializer checkpoint for 'learned' (default: the bundled one)")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed shared by all inits (default: 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="noise seed shared by all inits (default: 0)")
     parser.add_argument("--split", choices=("all", "train", "val"), default="all",
                         help="for a dataset: the hash split to use (val = images the bundled initializer never saw)")
     parser.add_argument("--val-fraction", type=fraction, default=1 / 8, help="validation fraction of the hash split")
@@ -53,20 +67,67 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_precision_argument(parser)
 
 
+PICTURES = "pictures.npz"
+KEPT = "the images finished before are kept in {out}: free space and rerun the same command with --resume"
+
+
+def interrupted_hint(args: argparse.Namespace) -> str:
+    """After Ctrl-C: what was kept and how to go on (printed by the CLI)."""
+    return f"finished images are kept in {args.out}; rerun the same command with --resume to compare the rest"
+
+
+def save_pictures(out: Path, comparison: Comparison) -> None:
+    """The inputs and each init's explanation of every image so far, as 8-bit (for the figure only), atomically."""
+    import numpy as np
+    import torch
+
+    def u8(t):
+        return (t.float().clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+    arrays = {"names": np.array(comparison.names), "images": u8(comparison.images)}
+    arrays.update({f"explanation/{label}": u8(run.explanation) for label, run in comparison.runs.items()})
+    tmp = out / f".{PICTURES}.{os.getpid()}.tmp.npz"
+    try:
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, out / PICTURES)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def restore_pictures(out: Path, done: Comparison) -> bool:
+    """Give the finished images of a resumed comparison their inputs and explanations back from ``pictures.npz``;
+    whether every one was there (a comparison made before the file existed has none)."""
+    import numpy as np
+    import torch
+
+    try:
+        with np.load(out / PICTURES) as saved:
+            row = {str(n): i for i, n in enumerate(saved["names"])}
+            if not all(n in row for n in done.names) or not all(f"explanation/{k}" in saved for k in done.runs):
+                return False
+            index = [row[n] for n in done.names]
+            done.images = torch.from_numpy(saved["images"][index]).float() / 255
+            for label, run in done.runs.items():
+                run.explanation = torch.from_numpy(saved[f"explanation/{label}"][index]).float() / 255
+    except (OSError, KeyError, ValueError):
+        return False
+    return True
+
+
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     import rde
-    from amortized.commands.explain import resolve_device
+    from amortized.commands.explain import refuse_checkpoint_as_init, resolve_device
     from amortized.comparison import PartialComparison, compare_inits, comparison_settings, plot_comparison
     from rde.errors import InputError
     from rde.init import parse_init
-    from rde.io import ImageLoadError, OutputDirError, check_output_dir, load_image, preprocess
+    from rde.io import ImageLoadError, OutputDirError, check_output_dir, load_and_preprocess, write_failure
     from rde.warmup import WarmStart, split_warmup
 
     device = resolve_device(args.device)
-    preset = rde.load_preset(args.preset).replace(precision=args.precision)
+    preset = rde.load_preset(args.preset).replace(precision=args.precision, lam=args.lam)
     steps = preset.steps if args.steps is None else args.steps
     if steps < 1:
         raise InputError(f"--steps must be >= 1, got {steps}")
@@ -74,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     starts = {label: split_warmup(label) for label in labels}  # label -> (base, warmed up)
     for base, _ in starts.values():
         if base != "learned":
+            refuse_checkpoint_as_init(base, "--inits")
             parse_init(base)
     uses_learned = any(base == "learned" for base, _ in starts.values())
     if args.checkpoint is not None and not uses_learned:
@@ -83,6 +145,13 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = (str(args.checkpoint) if args.checkpoint else "bundled") if uses_learned else None
     settings = comparison_settings(args.model, preset, args.seed, checkpoint)
     partial = PartialComparison(args.out, steps, labels, settings, earlier=[args.out] if args.resume else [])
+    done = partial.parts[0] if partial.parts else None
+    if done is not None:
+        had = any(run.rd_keep is not None for run in done.runs.values())
+        if had == args.no_rate_distortion:  # concatenating the two would drop the curves of one part
+            raise InputError(
+                f"--resume: the comparison in {args.out} was made {'with' if had else 'without'} rate-distortion "
+                f"curves; resume {'without' if had else 'with'} --no-rate-distortion (or --overwrite to start again)")
     if (args.out / "comparison.json").exists() and not (args.resume or args.overwrite):
         raise OutputDirError(
             f"--out {args.out}: holds an earlier comparison (comparison.json); pass --resume to continue it, "
@@ -100,11 +169,11 @@ def run(args: argparse.Namespace) -> int:
 
     # Files, folders (recursively) and list files, the same way `cartoonx explain` and `generate` read them.
     paths = [item.path for item in list_images(args.inputs, args.split, args.val_fraction, on_problem=skip)]
-    paths = outside(paths, args.out)[: args.limit]
+    paths = outside(paths, args.out, "compare")[: args.limit]
     images, names = [], []
     for path in paths:
         try:
-            images.append(preprocess(load_image(path), preset.image_size))
+            images.append(load_and_preprocess(path, preset.image_size))
             names.append(Path(path).stem)
         except ImageLoadError as e:
             skip(str(e))
@@ -122,7 +191,12 @@ def run(args: argparse.Namespace) -> int:
         start = learned if base == "learned" else base
         inits[label] = WarmStart(explainer, base=start, seed=args.seed) if warm else start
 
-    if partial.parts:
+    pictures = True  # whether every finished image has its input and explanations (for explanations.png)
+    if done is not None:
+        pictures = restore_pictures(args.out, done)
+        if not pictures:
+            print(f"cartoonx compare: {args.out} has no saved explanations of the finished images (made by an older "
+                  "version); explanations.png is left out", file=sys.stderr)
         print(f"cartoonx compare: resuming, {len(names) - len(partial.todo(names))} image(s) already in {args.out}",
               file=sys.stderr)
 
@@ -131,9 +205,13 @@ def run(args: argparse.Namespace) -> int:
         return compare_inits(explainer, x, inits, steps, [names[i] for i in batch], seed=args.seed,
                              rate_distortion=not args.no_rate_distortion)
 
-    comparison = partial.finish(names, compare, batch_size=args.batch_size, progress="compare")
-    files = comparison.save(args.out)
-    figures = plot_comparison(comparison, args.out)
+    try:
+        comparison = partial.finish(names, compare, batch_size=args.batch_size, progress="compare",
+                                    after_save=(lambda so_far: save_pictures(args.out, so_far)) if pictures else None)
+        files = comparison.save(args.out)
+        figures = plot_comparison(comparison, args.out)
+    except OSError as e:
+        raise write_failure(args.out, e, KEPT.format(out=args.out)) from e
     print(comparison.format_table())
     print(f"wrote {', '.join(str(p) for p in [*files.values(), *figures])}")
     if skipped:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from rde.init import InitSpec
     from rde.layout import MaskLayout
 
-from amortized.commands._args import add_precision_argument, int_at_least, non_negative_float, outside
+from amortized.commands._args import add_precision_argument, int_at_least, non_negative_float, outside, seed_int, steps_int
 
 METHODS = ("cartoonx", "pixel-rde")
 LEARNED_STEPS_FRACTION = 1 / 3  # default refinement after a learned init, relative to the preset's steps
@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--preset", default="cpu", help="optimizer preset: cpu, paper, tiny, or a YAML file (default: %(default)s)"
     )
-    parser.add_argument("--steps", type=int_at_least(0), help="Adam steps (default: the preset's)")
+    parser.add_argument("--steps", type=steps_int, help="Adam steps (default: the preset's)")
     parser.add_argument(
         "--init",
         default="ones",
@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--lam", type=non_negative_float, help="sparsity weight lambda (default: the preset's)")
     parser.add_argument("--num-samples", type=int_at_least(1), help="noise samples L per step (default: the preset's)")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed, the same for every image (default: 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="noise seed, the same for every image (default: 0)")
     parser.add_argument("--out", type=Path, default=Path("explanations"), help="output directory (default: %(default)s)")
     again = parser.add_mutually_exclusive_group()
     again.add_argument("--overwrite", action="store_true", help="replace outputs of an earlier run in OUT")
@@ -120,11 +120,29 @@ def resolve_init(spec: str, layout: MaskLayout, args: argparse.Namespace, explai
         return LearnedStart.for_explainer(explainer, getattr(args, "checkpoint", None), seed=args.seed)
     if getattr(args, "checkpoint", None) is not None:
         raise InputError("--checkpoint is only used with --init learned")
+    refuse_checkpoint_as_init(spec, "--init")
     if spec.endswith(".npz"):
         mask = _load_init_mask(Path(spec), layout)
         return lambda images: mask.to(images.device).unsqueeze(0).expand(images.shape[0], -1)
     parse_init(spec)
     return lambda images: spec
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".ckpt", ".pth")
+
+
+def refuse_checkpoint_as_init(spec: str, option: str) -> None:
+    """An initializer checkpoint given as the init itself: say how it is used (``--init learned --checkpoint``)."""
+    from rde.errors import InputError
+
+    if spec.lower().endswith(CHECKPOINT_SUFFIXES):
+        raise InputError(f"{option} {spec}: an initializer checkpoint is used with --init learned --checkpoint {spec}"
+                         + (" (compare: --inits ones,learned --checkpoint PATH)" if option == "--inits" else ""))
+
+
+def interrupted_hint(args: argparse.Namespace) -> str:
+    """After Ctrl-C: what was kept and how to go on (printed by the CLI)."""
+    return f"finished images are kept in {args.out}; rerun the same command with --resume to explain the rest"
 
 
 def _load_init_mask(path: Path, layout: MaskLayout) -> Tensor:
@@ -211,12 +229,12 @@ def _batches(
     """Yield ``([(path, stem)], images (B, 3, size, size))``; files that fail to load go to ``on_error``."""
     import torch
 
-    from rde.io import ImageLoadError, load_image, preprocess
+    from rde.io import ImageLoadError, load_and_preprocess
 
     good, tensors = [], []
     for path, stem in paths:
         try:
-            tensors.append(preprocess(load_image(path), size))
+            tensors.append(load_and_preprocess(path, size))
             good.append((path, stem))
         except ImageLoadError as e:
             on_error(path, str(e))
@@ -231,12 +249,10 @@ def run(args: argparse.Namespace) -> int:
     # As in `cartoonx generate`: spin-waiting OpenMP threads make a shared, busy CPU many times slower.
     # This only takes effect when torch is not imported yet (the console script).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from tqdm.auto import tqdm
-
     import rde
     from amortized.datasets import find_images
-    from rde.io import check_output_dir
-    from rde.plotting import plot_explanation
+    from rde.errors import InputError
+    from rde.io import check_output_dir, remove_if_empty, write_failure
     from rde.representation import create_representation
     from rde.start import Start
 
@@ -264,10 +280,9 @@ def run(args: argparse.Namespace) -> int:
         failed += 1
         print(f"cartoonx explain: skipping {message}", file=sys.stderr)
 
-    paths = outside([path for path, _ in find_images(args.images, on_problem)], args.out)
-    if not paths:
-        print(f"cartoonx explain: no images to explain; {failed} input(s) skipped", file=sys.stderr)
-        return 1
+    paths = outside([path for path, _ in find_images(args.images, on_problem)], args.out, "explain")
+    if not paths:  # as compare and generate: nothing to do is an input error
+        raise InputError(f"no images to explain; {failed} input(s) skipped")
     stems = output_stems(paths)
     if args.resume:
         done_stems = finished_stems(args.out, stems, run_settings(args, config))
@@ -280,9 +295,34 @@ def run(args: argparse.Namespace) -> int:
     explainer = method_cls(classifier, preset=config)
     if needs_explainer:
         init_for = resolve_init(args.init, layout, args, explainer)
-    args.out.mkdir(parents=True, exist_ok=True)
+    from tqdm.auto import tqdm
 
+    created = not args.out.exists()
+    args.out.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=len(paths), unit="image", desc="explain")
+    try:
+        done, failed = _explain_all(args, explainer, init_for, preset, device, size, list(zip(paths, stems)), failed, bar)
+    except OSError as e:  # writing the outputs (a full disk): one line; the images finished before are complete
+        raise write_failure(args.out, e, f"the images finished before are kept in {args.out}: free space and rerun "
+                            "the same command with --resume") from e
+    finally:
+        bar.close()
+        if created:
+            remove_if_empty(args.out)  # failed before its first result: no empty folder left behind
+    skipped = f"; {failed} skipped (named above)" if failed else ""
+    print(f"explained {done} of {done + failed} inputs into {args.out}{skipped}")
+    return 1 if failed else 0
+
+
+def _explain_all(
+    args: argparse.Namespace, explainer: Any, init_for: InitFn, preset: Any, device: torch.device, size: int,
+    items: list[tuple[Path, str]], failed: int, bar: Any,
+) -> tuple[int, int]:
+    """Explain ``items`` (path, output stem) and save each as it finishes, counting on ``bar``; returns (done, failed)."""
+    from tqdm.auto import tqdm
+
+    from rde.plotting import plot_explanation
+
 
     def on_error(path: Path, message: str) -> None:
         nonlocal failed
@@ -291,7 +331,7 @@ def run(args: argparse.Namespace) -> int:
         bar.update(1)
 
     done = 0
-    for batch, images in _batches(list(zip(paths, stems)), size, args.batch_size, on_error):
+    for batch, images in _batches(items, size, args.batch_size, on_error):
         images = images.to(device)
         start = time.perf_counter()
         try:
@@ -328,10 +368,7 @@ def run(args: argparse.Namespace) -> int:
             )
             done += 1
             bar.update(1)
-    bar.close()
-    skipped = f"; {failed} skipped (named above)" if failed else ""
-    print(f"explained {done} of {done + failed} inputs into {args.out}{skipped}")
-    return 1 if failed else 0
+    return done, failed
 
 
 def _add_to_json(path: Path, **fields) -> None:

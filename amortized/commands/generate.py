@@ -22,7 +22,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from amortized.commands._args import add_precision_argument, fraction, int_at_least, positive_int
+from amortized.commands._args import add_precision_argument, fraction, int_at_least, positive_int, positive_steps, seed_int
 
 
 def _devices(text: str) -> int | str:
@@ -41,13 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="classifier to explain (default: %(default)s)",
     )
     parser.add_argument("--preset", default="cpu", help="optimizer preset: cpu, paper, tiny or a YAML file (default: %(default)s)")
-    parser.add_argument("--steps", type=positive_int, help="Adam steps, at least 1 (default: the preset's)")
+    parser.add_argument("--steps", type=positive_steps, help="Adam steps, at least 1 (default: the preset's)")
     parser.add_argument("--num-samples", type=positive_int, help="noise samples L per step (default: the preset's)")
     parser.add_argument("--lam", type=float, help="sparsity weight lambda (default: the preset's)")
     parser.add_argument("--lr", type=float, help="Adam learning rate (default: the preset's)")
     parser.add_argument("--image-size", type=positive_int, help="image side in pixels (default: the preset's)")
     parser.add_argument("--samples-per-call", type=positive_int, help="cap on obfuscations per classifier call (memory)")
-    parser.add_argument("--seed", type=int, default=0, help="base noise seed; per image it is hashed with the key (default: 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="base noise seed; per image it is hashed with the key (default: 0)")
     parser.add_argument(
         "--batch-size", type=positive_int, default=1,
         help="images optimized together; pays off on a GPU (e.g. 32), not on a CPU (default: %(default)s)",
@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu (default: auto)")
     parser.add_argument("--devices", type=_devices, default=1, help="devices per node, or auto (default: 1)")
     parser.add_argument("--num-nodes", type=positive_int, default=1, help="nodes (default: 1)")
-    parser.add_argument("--num-workers", type=int, default=0, help="image-loading workers per rank (default: 0)")
+    parser.add_argument("--num-workers", type=int_at_least(0), default=0, help="image-loading workers per rank (default: 0)")
     parser.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
     parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     add_precision_argument(parser)

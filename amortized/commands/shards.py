@@ -74,6 +74,7 @@ def render_preview(index, path: Path, num: int) -> int:
     from matplotlib.figure import Figure
 
     from amortized import shards as S
+    from rde.plotting import drawable
     from rde.representation import create_representation, greyscale
 
     layout = index.layout()
@@ -102,7 +103,7 @@ def render_preview(index, path: Path, num: int) -> int:
             explanation = rep.decode(rep.encode(greyscale(image)) * mask.unsqueeze(1)).clamp(0, 1)
         meta = s["meta"]
         row[0].imshow(s["image"])
-        row[0].set_title(f"{s['key'][:28]}\n{meta['target_name'][:24]} p={meta['target_prob']:.2f}", fontsize=7)
+        row[0].set_title(drawable(f"{s['key'][:28]}\n{meta['target_name'][:24]} p={meta['target_prob']:.2f}"), fontsize=7)
         row[1].imshow(explanation[0, 0].numpy(), cmap="gray", vmin=0, vmax=1)
         row[1].set_title(f"target explanation\nloss {meta['final']['loss']:.3g}", fontsize=7)
         for ax in row[:2]:

@@ -74,10 +74,11 @@ class PartialComparison:
         return [i for i, name in enumerate(names) if name not in finished]
 
     def finish(self, names: Sequence[str], compare: Callable[[list[int]], Comparison], batch_size: int = 1,
-               progress: str | None = None) -> Comparison:
+               progress: str | None = None, after_save: Callable[[Comparison], None] | None = None) -> Comparison:
         """Compare the ``names`` not finished, ``batch_size`` at a time (``compare(indices into names)`` returns
         their comparison), save the whole comparison to ``out`` after each batch, and return it with ``settings``.
-        ``progress``: a progress bar with this description (default: none)."""
+        ``progress``: a progress bar with this description (default: none); ``after_save(comparison so far)``:
+        what else to save after each batch (e.g. the pictures for the figure)."""
         todo = self.todo(names)
         size = max(1, batch_size)
         batches = [todo[i : i + size] for i in range(0, len(todo), size)]
@@ -89,7 +90,10 @@ class PartialComparison:
             part = compare(batch)
             part.settings = self.settings
             self.parts.append(part)
-            self.comparison().save(self.out)  # finished batches survive an interruption
+            so_far = self.comparison()
+            so_far.save(self.out)  # finished batches survive an interruption
+            if after_save is not None:
+                after_save(so_far)
         return self.comparison()
 
     def comparison(self) -> Comparison:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from amortized.shards.manifest import read_manifest, write_manifest
 from amortized.shards.naming import (
+    CORRUPT_SUFFIX,
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
@@ -20,7 +23,7 @@ from amortized.shards.naming import (
     list_shards,
     remove_partial_shards,
 )
-from amortized.shards.reader import SampleSpec, cached_shard_keys, checked_samples
+from amortized.shards.reader import SampleSpec, cached_shard_keys, checked_samples, decode_sample, raw_samples
 from amortized.shards.writer import rewrite_shard
 from rde.errors import InputError
 from rde.io import check_output_dir
@@ -114,21 +117,60 @@ def open_shard_dir(shard_dir: str | Path) -> ShardIndex:
     return ShardIndex(shard_dir, manifest, tuple(shards))
 
 
+def _config_from_samples(shard_dir: Path) -> tuple[dict[str, Any], str] | None:
+    """A manifest's ``config`` and hash rebuilt from the first decodable sample's metadata, for a directory whose
+    manifest is gone; ``None`` when no shard holds a usable sample (or the shards are of several configurations)."""
+    hashes = config_hashes(shard_dir)
+    if len(hashes) != 1:
+        return None
+    (chash,) = hashes
+    for path in list_shards(shard_dir, chash):
+        try:
+            for key, raw in raw_samples(path):
+                try:
+                    meta = decode_sample(key, raw)["meta"]
+                    preset = {k: v for k, v in meta["preset"].items() if k not in ("name", "samples_per_call")}
+                    if preset.get("precision") == "32-true":
+                        preset.pop("precision")
+                    config = {"format_version": FORMAT_VERSION, "method": meta.get("method", "cartoonx"),
+                              "classifier": meta["classifier"], "preset": preset, "init": meta.get("init", "ones"),
+                              "target": "predicted", "seed": meta.get("base_seed"), "layout": meta["layout"],
+                              "num_entries": int(meta["num_entries"])}
+                    return config, chash
+                except (InputError, KeyError, TypeError, ValueError, AttributeError):
+                    continue
+        except CorruptShardError:
+            continue
+    return None
+
+
 def verify_shards(shard_dir: str | Path) -> tuple[ShardIndex, list[str]]:
     """Decode and check every sample of a shard directory, going on past every problem.
 
     Checks: one configuration; every shard readable and complete; keys unique; every sample passes
     :func:`~amortized.shards.reader.sample_problems` against the manifest's configuration; the manifest
-    lists the shards there are. Returns the index of the readable shards and one line per problem
-    (``<shard>: <key>: <reason>`` for a sample).
+    lists the shards there are. Without a manifest the samples are checked against the configuration their
+    own metadata records, and the missing manifest is one of the problems. Returns the index of the readable
+    shards and one line per problem, each once (``<shard>: <key>: <reason>`` for a sample).
 
     Raises:
-        FileNotFoundError / ValueError: not a shard directory (no or unreadable manifest).
+        FileNotFoundError / ValueError: not a shard directory (no manifest and no readable sample; an
+            unreadable manifest).
     """
     shard_dir = Path(shard_dir)
-    manifest = _read_checked_manifest(shard_dir)
+    problems = []
+    try:
+        manifest = _read_checked_manifest(shard_dir)
+    except FileNotFoundError:
+        found = _config_from_samples(shard_dir) if shard_dir.is_dir() else None
+        if found is None:
+            raise
+        config, chash = found
+        manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "config_hash": chash, "config": config}
+        problems.append(f"{shard_dir}/{MANIFEST} is missing; rerun generate to rebuild it "
+                        "(the samples were checked against their own metadata)")
     chash = manifest["config_hash"]
-    problems = [m] if (m := _mixed(shard_dir, chash)) else []
+    problems += [m] if (m := _mixed(shard_dir, chash)) else []
     spec = SampleSpec.from_config(manifest["config"], chash)
     good, corrupt, seen = [], set(), {}
     for path in list_shards(shard_dir, chash):
@@ -147,12 +189,13 @@ def verify_shards(shard_dir: str | Path) -> tuple[ShardIndex, list[str]]:
         good.append((path, tuple(keys)))
     index = ShardIndex(shard_dir, manifest, tuple(good))
     index.layout()  # the manifest's layout must be the one its preset gives
-    listed = {s["name"]: s["count"] for s in manifest.get("shards", []) if s["name"] not in corrupt}
-    actual = {p.name: len(keys) for p, keys in good}
-    if listed != actual:
-        problems.append(f"{shard_dir}/{MANIFEST} is stale ({sum(listed.values())} samples listed, "
-                        f"{sum(actual.values())} in shards); rerun generate to refresh it")
-    return index, problems
+    if "shards" in manifest:
+        listed = {s["name"]: s["count"] for s in manifest["shards"] if s["name"] not in corrupt}
+        actual = {p.name: len(keys) for p, keys in good}
+        if listed != actual:
+            problems.append(f"{shard_dir}/{MANIFEST} is stale ({sum(listed.values())} samples listed, "
+                            f"{sum(actual.values())} in shards); rerun generate to refresh it")
+    return index, list(dict.fromkeys(problems))
 
 
 def drop_bad_samples(path: Path, spec: SampleSpec) -> tuple[str, ...]:
@@ -177,12 +220,14 @@ def open_for_writing(out_dir: str | Path, config: dict[str, Any]) -> set[str]:
 
     Creates the directory, refuses one holding shards of another configuration, deletes partial
     (``*.tmp``) shards of killed runs, checks every finished sample (bad ones are dropped from their
-    shard so they are recomputed) and rewrites the manifest.
+    shard so they are recomputed), moves a shard that cannot be read at all (truncated, failing its CRC)
+    aside as ``*.corrupt`` (recorded in the manifest's ``corrupt``; its samples are recomputed) and
+    rewrites the manifest.
 
     Raises:
         OutputDirError: ``out_dir`` is a file or not writable.
         ConfigMismatchError: finished shards of another configuration are present (the message shows how).
-        CorruptShardError: a finished shard is unreadable or incomplete, or two hold one key.
+        CorruptShardError: two finished shards hold one key.
     """
     out_dir = check_output_dir(out_dir, create=True)
     chash = config_hash(config)
@@ -203,11 +248,29 @@ def open_for_writing(out_dir: str | Path, config: dict[str, Any]) -> set[str]:
         log.warning("%s: removed %d partial shard(s) left by an interrupted run", out_dir, len(removed))
     spec = SampleSpec.from_config(config, chash)
     done: dict[str, Path] = {}
+    moved = []
     for path in list_shards(out_dir, chash):
-        keys = drop_bad_samples(path, spec)
+        try:
+            keys = drop_bad_samples(path, spec)
+        except CorruptShardError as e:
+            moved.append(move_aside(path, str(e)))
+            continue
         dup = sorted(set(keys) & set(done))
         if dup:
             raise CorruptShardError(f"{path}: keys {dup[:3]} also occur in {done[dup[0]].name}; remove one of them")
         done.update(dict.fromkeys(keys, path))
-    write_manifest(out_dir, config, chash)
+    write_manifest(out_dir, config, chash, corrupt=moved)
     return set(done)
+
+
+def move_aside(path: Path, error: str) -> dict[str, Any]:
+    """Rename a damaged shard to ``<name>.corrupt`` (``<name>.<n>.corrupt`` if taken) so that its samples are
+    recomputed; logs one line and returns the manifest's record of it."""
+    target = path.with_name(path.name + CORRUPT_SUFFIX)
+    n = 1
+    while target.exists():
+        n += 1
+        target = path.with_name(f"{path.name}.{n}{CORRUPT_SUFFIX}")
+    os.replace(path, target)
+    log.warning("%s; moved aside to %s, its samples will be recomputed", error, target.name)
+    return {"shard": path.name, "moved_to": target.name, "error": error, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

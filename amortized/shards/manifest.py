@@ -96,9 +96,10 @@ def build_manifest(
     chash: str,
     failed: list[dict[str, Any]] | None = None,
     provenances: list[dict[str, Any]] | None = None,
+    corrupt: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The manifest of a shard directory: config, hash, finished shards with counts, failed images and
-    the provenance of every run that wrote into it."""
+    """The manifest of a shard directory: config, hash, finished shards with counts, failed images, the
+    provenance of every run that wrote into it and the damaged shards moved aside (``corrupt``)."""
     shards = []
     for p in list_shards(shard_dir, chash):
         n = parse_shard_name(p)
@@ -116,17 +117,24 @@ def build_manifest(
         "num_failed": len(failed or []),
         "failed": failed or [],
         "provenance": provenances or [],
+        "corrupt": corrupt or [],
         "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "version": package_version(),
     }
 
 
 def write_manifest(
-    out_dir: str | Path, config: dict[str, Any], chash: str, run: dict[str, Any] | None = None
+    out_dir: str | Path,
+    config: dict[str, Any],
+    chash: str,
+    run: dict[str, Any] | None = None,
+    corrupt: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Rewrite ``manifest.json`` from the finished shards and the failure logs (atomically).
 
     ``run`` is this run's :func:`provenance`; it joins those the manifest already lists (once each).
+    ``corrupt`` records shards just moved aside (``{"shard", "moved_to", "error", "time"}``); they join those
+    listed before.
     """
     out_dir = Path(out_dir)
     done = {k for p in list_shards(out_dir, chash) for k in cached_shard_keys(p)}
@@ -137,6 +145,7 @@ def write_manifest(
     runs = list(old.get("provenance") or []) if old.get("config_hash") == chash else []
     if run is not None and run not in runs:
         runs.append(run)
-    manifest = build_manifest(out_dir, config, chash, load_failures(out_dir, chash, done), runs)
+    moved = list(old.get("corrupt") or []) if old.get("config_hash") == chash else []
+    manifest = build_manifest(out_dir, config, chash, load_failures(out_dir, chash, done), runs, moved + list(corrupt or []))
     write_json_atomic(out_dir / MANIFEST, manifest)
     return manifest

@@ -17,6 +17,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 FIELDS = ("cls", "curves.npy", "mask.npy", "meta.json", "png")
 CURVE_NAMES = ("loss", "distortion", "sparsity")
+CHECKSUM = "sha256"  # optional member: the sample's checksum (samples written before it have none)
+CORRUPT_SUFFIX = ".corrupt"  # a damaged shard moved aside on resume
 _SHARD_RE = re.compile(r"^masks-(?P<hash>[0-9a-f]+)-r(?P<rank>\d+)-(?P<index>\d{6})\.tar(?P<gz>\.gz)?$")
 _TMP_RE = re.compile(r"^masks-[0-9a-f]+-r\d+-\d{6}\.tar(\.gz)?\.tmp$")
 _FAILURE_GLOB = "failed-r*.jsonl"
@@ -28,6 +30,17 @@ class CorruptShardError(InputError):
 
 class ConfigMismatchError(InputError):
     """A shard directory holding targets made with a different configuration."""
+
+
+def sample_checksum(raw: dict[str, bytes]) -> str:
+    """SHA-256 over a sample's fields (name, length and bytes of each, in :data:`FIELDS` order): gzip's CRC covers a
+    compressed shard, this covers every shard, so that an in-range bit flip (a mask value, the target) is found."""
+    h = hashlib.sha256()
+    for field in FIELDS:
+        data = raw.get(field, b"")
+        h.update(f"{field}:{len(data)}:".encode())
+        h.update(data)
+    return h.hexdigest()
 
 
 # -- configuration --------------------------------------------------------------------------------------

@@ -13,10 +13,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from amortized.shards.naming import CURVE_NAMES, FIELDS, CorruptShardError
+from amortized.shards.naming import CHECKSUM, CURVE_NAMES, FIELDS, CorruptShardError, sample_checksum
 from rde.errors import InputError
 
 NUM_CLASSES = 1000  # every registered classifier explains the ImageNet-1k classes
+HEAL = "rerun generate to move it aside and recompute its samples"
 
 
 def _tar_bytes(path: Path) -> bytes:
@@ -25,7 +26,7 @@ def _tar_bytes(path: Path) -> bytes:
         data = path.read_bytes()
         return gzip.decompress(data) if path.name.endswith(".gz") else data
     except (OSError, EOFError, gzip.BadGzipFile) as e:
-        raise CorruptShardError(f"{path}: corrupt or truncated shard ({e}); delete it and rerun generate") from None
+        raise CorruptShardError(f"{path}: corrupt or truncated shard ({e}); {HEAL}") from None
 
 
 def members(path: Path) -> Iterator[tuple[str, str, bytes]]:
@@ -35,15 +36,15 @@ def members(path: Path) -> Iterator[tuple[str, str, bytes]]:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
             for m in tf:
                 if m.offset_data + m.size > len(data):
-                    raise CorruptShardError(f"{path}: truncated inside member {m.name}; delete it and rerun generate")
+                    raise CorruptShardError(f"{path}: truncated inside member {m.name}; {HEAL}")
                 key, _, field = m.name.partition(".")
                 f = tf.extractfile(m)
                 yield key, field, f.read() if f is not None else b""
             end = tf.offset  # a closed tar ends with two zero blocks; a cut-off one does not
             if data[end : end + 1024] != bytes(1024):
-                raise CorruptShardError(f"{path}: truncated (no end-of-archive marker); delete it and rerun generate")
+                raise CorruptShardError(f"{path}: truncated (no end-of-archive marker); {HEAL}")
     except tarfile.TarError as e:
-        raise CorruptShardError(f"{path}: corrupt or truncated shard ({e}); delete it and rerun generate") from None
+        raise CorruptShardError(f"{path}: corrupt or truncated shard ({e}); {HEAL}") from None
 
 
 def shard_keys(path: str | Path) -> list[str]:
@@ -59,7 +60,7 @@ def shard_keys(path: str | Path) -> list[str]:
     for key, have in fields.items():
         missing = set(FIELDS) - have
         if missing:
-            raise CorruptShardError(f"{path}: sample {key!r} lacks {sorted(missing)}; delete the shard and rerun generate")
+            raise CorruptShardError(f"{path}: sample {key!r} lacks {sorted(missing)}; {HEAL}")
     return list(fields)
 
 
@@ -198,12 +199,19 @@ def sample_problems(sample: dict[str, Any], spec: SampleSpec) -> list[str]:
 
 
 def check_sample(key: str, raw: dict[str, bytes], spec: SampleSpec) -> tuple[dict[str, Any] | None, list[str]]:
-    """Decode and check one raw sample: ``(sample, [])`` when sound, else ``(sample or None, problems)``."""
+    """Decode and check one raw sample: ``(sample, [])`` when sound, else ``(sample or None, problems)``.
+
+    A sample with a checksum (those written since it exists) must also match it: a changed byte that leaves every
+    value in range (a mask entry, the target) is found that way, and reported when no other check names it.
+    """
     try:
         sample = decode_sample(key, raw)
     except SampleError as e:
         return None, [str(e)]
-    return sample, sample_problems(sample, spec)
+    problems = sample_problems(sample, spec)
+    if not problems and CHECKSUM in raw and raw[CHECKSUM] != sample_checksum(raw).encode("ascii"):
+        problems.append("checksum mismatch: its bytes changed since it was written (a damaged disk or copy)")
+    return sample, problems
 
 
 def checked_samples(path: str | Path, spec: SampleSpec) -> Iterator[tuple[str, dict[str, bytes], list[str]]]:

@@ -10,8 +10,11 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from amortized.shards.naming import CURVE_NAMES
+from amortized.shards.naming import CHECKSUM, CURVE_NAMES, sample_checksum
 from rde.errors import InputError
+from rde.io import write_failure
+
+KEPT = "the shard in progress is discarded, finished shards are kept: free space and rerun the same command to resume"
 
 MTIME = 1_700_000_000  # pinned member mtime: identical samples give identical tar bytes
 
@@ -57,7 +60,8 @@ class AtomicShardWriter:
 
     Writes ``pattern % index + ".tmp"``, and on closing a shard flushes it to disk and renames it. No
     file is created until the first sample arrives, so no empty shards. ``on_shard(path, keys)`` is
-    called after each rename.
+    called after each rename. A write that fails (``OSError``: a full disk) discards the open shard, never
+    renaming it, and raises :class:`rde.io.OutputWriteError` naming the file and the reason.
 
     Args:
         pattern: finished-name pattern from :func:`shard_pattern`.
@@ -85,22 +89,30 @@ class AtomicShardWriter:
         self._keys: list[str] = []
 
     def write(self, sample: dict[str, Any]) -> None:
+        """Add one sample (see :func:`make_sample`), with its :func:`~amortized.shards.naming.sample_checksum`."""
         import webdataset as wds
+        from webdataset.writer import default_handlers, encode_based_on_extension
 
-        if self._writer is None:
-            self._writer = wds.ShardWriter(
-                self.pattern + ".tmp",
-                maxcount=self.maxcount,
-                start_shard=self.start_shard + len(self.finished),
-                post=self._post,
-                verbose=0,
-                compress=self.compress,
-                mtime=MTIME,
-            )
-        self._writer.write(sample)
-        self._keys.append(sample["__key__"])
-        if self._writer.count >= self.maxcount:
-            self._writer.finish()  # rename a full shard now, not when the next sample arrives (minutes later)
+        sample = encode_based_on_extension(sample, default_handlers)
+        sample[CHECKSUM] = sample_checksum(sample).encode("ascii")
+        try:
+            if self._writer is None:
+                self._writer = wds.ShardWriter(
+                    self.pattern + ".tmp",
+                    maxcount=self.maxcount,
+                    start_shard=self.start_shard + len(self.finished),
+                    post=self._post,
+                    verbose=0,
+                    compress=self.compress,
+                    mtime=MTIME,
+                    encoder=False,  # encoded above, for the checksum
+                )
+            self._writer.write(sample)
+            self._keys.append(sample["__key__"])
+            if self._writer.count >= self.maxcount:
+                self._writer.finish()  # rename a full shard now, not when the next sample arrives (minutes later)
+        except OSError as e:
+            self._abandon(e)
 
     def _post(self, tmp_name: str) -> None:
         tmp = Path(tmp_name)
@@ -113,11 +125,32 @@ class AtomicShardWriter:
         if self.on_shard is not None:
             self.on_shard(final, keys)
 
+    def _abandon(self, error: OSError) -> None:
+        """Drop the open shard after a failed write: close its file without finishing it, delete it, raise."""
+        writer, self._writer = self._writer, None
+        tmp = Path(self.pattern % (self.start_shard + len(self.finished)) + ".tmp")
+        if writer is not None:
+            tmp = Path(writer.fname) if writer.fname else tmp
+            stream, writer.tarstream = writer.tarstream, None  # so that nothing renames it
+            if stream is not None:
+                for file in (stream.tarstream.fileobj, stream.own_fileobj):  # the tar stream, then the file under it
+                    try:
+                        if file is not None:
+                            file.close()
+                    except (OSError, ValueError):
+                        pass  # the buffered rest cannot be written either
+        self._keys = []
+        tmp.unlink(missing_ok=True)
+        raise write_failure(tmp, error, KEPT) from error
+
     def close(self) -> None:
         """Finish the open shard (if any) and rename it into place."""
         if self._writer is not None:
-            writer, self._writer = self._writer, None
-            writer.close()
+            try:
+                self._writer.close()
+                self._writer = None
+            except OSError as e:
+                self._abandon(e)
 
     def __enter__(self) -> AtomicShardWriter:
         return self
@@ -144,8 +177,12 @@ def rewrite_shard(path: Path, members: Iterable[tuple[str, bytes]]) -> None:
         import gzip
 
         data = gzip.compress(data, mtime=0)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise write_failure(tmp, e, f"{path} is unchanged") from e

@@ -41,7 +41,8 @@ def fake_sample(key: str, k: int = K, size: int = 64, steps: int = 5) -> dict:
     meta = {
         "key": key, "label": label, "target": int(rng.integers(0, 1000)), "target_name": "thing", "target_prob": 0.5,
         "steps": steps, "final": {"loss": float(curves[0, -1])}, "config_hash": S.config_hash(config),
-        "layout": config["layout"],
+        "layout": config["layout"], "classifier": config["classifier"], "preset": TINY.to_dict(), "num_entries": k,
+        "base_seed": config["seed"], "method": config["method"], "init": config["init"],
     }
     return S.make_sample(key, image, mask, curves, label, meta)
 

@@ -159,13 +159,19 @@ def test_different_config_is_refused(images, generated):
         generate_targets(images, out, seed=1, **TINY)
 
 
-def test_corrupt_shard_is_named(images, tmp_path):
+def test_a_truncated_shard_is_moved_aside_and_its_samples_recomputed(images, tmp_path):
     out = tmp_path / "shards"
     generate_targets(images, out, shard_size=4, limit=4, **TINY)
     (shard,) = S.list_shards(out)
+    before = samples_by_key(out)
     shard.write_bytes(shard.read_bytes()[:5000])
-    with pytest.raises(S.CorruptShardError, match=shard.name):
-        generate_targets(images, out, shard_size=4, **TINY)
+    again = generate_targets(images, out, shard_size=4, limit=4, **TINY)  # resumes; no hand deletion
+    assert (again.done, again.skipped) == (4, 0)
+    assert (out / (shard.name + ".corrupt")).exists() and S.verify_shards(out)[1] == []
+    assert json.loads((out / "manifest.json").read_text())["corrupt"][0]["shard"] == shard.name
+    after = samples_by_key(out)
+    assert sorted(after) == sorted(before)
+    assert all(np.array_equal(after[k]["mask"], before[k]["mask"]) for k in before)  # the same seeds, the same masks
 
 
 def test_bad_image_is_logged_skipped_and_recorded(tmp_path, capsys):
@@ -372,3 +378,95 @@ def test_two_process_ddp_spawn_writes_per_rank_series_and_each_image_once(tmp_pa
     generate_targets(src, out, **ddp)  # resume: nothing left, nothing rewritten
     assert {p.name: p.read_bytes() for p in S.list_shards(out)} == before
     assert json.loads((out / "manifest.json").read_text())["num_samples"] == 6
+
+
+def _disk_full_after(monkeypatch, members: int) -> None:
+    """Make every shard write fail with ENOSPC once ``members`` tar members have been written, as a full disk does."""
+    import errno
+    import tarfile
+
+    real, written = tarfile.TarFile.addfile, [0]
+
+    def addfile(self, tarinfo, fileobj=None, **kw):
+        written[0] += 1
+        if written[0] > members:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, tarinfo, fileobj, **kw)
+
+    monkeypatch.setattr(tarfile.TarFile, "addfile", addfile)
+
+
+def test_a_full_disk_is_one_line_keeps_only_complete_shards_and_resumes(images, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "shards"
+    argv = ["generate", str(images), "--out", str(out), "--model", "tiny-test", "--preset", "tiny", "--shard-size", "2",
+            "--no-progress", "--no-compress"]
+    per_sample = len(S.FIELDS) + 1  # the fields and the checksum
+    _disk_full_after(monkeypatch, 2 * per_sample + 2)  # the first shard fits, the third sample does not
+    assert cli_main(argv) == 1
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if ": warning: " not in line]
+    assert len(err) == 1 and "No space left on device" in err[0] and ".tar.tmp" in err[0], err
+    assert err[0].startswith(f"cartoonx generate: error: {out}/masks-") and "rerun the same command to resume" in err[0]
+    (first,) = S.list_shards(out)  # nothing truncated under a final name, no partial shard left
+    assert len(S.shard_keys(first)) == 2 and not list(out.glob("*.tmp")) and not (out / ".generate.lock").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [s["name"] for s in manifest["shards"]] == [first.name] and S.verify_shards(out)[1] == []
+    monkeypatch.undo()
+    assert cli_main(argv) == 0  # space again: the same command resumes
+    assert sorted(all_keys(out)) == sorted(i.key for i in list_images(images)) and S.verify_shards(out)[1] == []
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 64 KiB tmpfs (a real full disk); skipped where mounting is not allowed (not root, a container)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_really_full_disk_stops_cleanly_and_resumes_after_it_grows(images, tiny_disk, capsys):
+    out = tiny_disk / "shards"
+    argv = ["generate", str(images), "--out", str(out), "--model", "tiny-test", "--preset", "tiny", "--shard-size", "2",
+            "--no-progress"]
+    assert cli_main(argv) == 1
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if ": warning: " not in line]
+    assert len(err) == 1 and "No space left on device" in err[0] and "Traceback" not in err[0], err
+    assert not list(out.glob("*.tmp")) and S.verify_shards(out)[1] == []  # every finished name is a whole shard
+    kept = {p.name: S.shard_keys(p) for p in S.list_shards(out)}
+    subprocess.run(["mount", "-o", "remount,size=4m", str(tiny_disk)], check=True)
+    assert cli_main(argv) == 0
+    assert {p.name: S.shard_keys(p) for p in S.list_shards(out) if p.name in kept} == kept
+    assert sorted(all_keys(out)) == sorted(i.key for i in list_images(images)) and S.verify_shards(out)[1] == []
+
+
+def test_an_accelerator_the_machine_lacks_is_one_line_before_any_work(images, tmp_path, capsys, monkeypatch):
+    import amortized.generate as G
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    monkeypatch.setattr(G, "create_classifier", lambda *a: pytest.fail("work started before the check"))
+    out = tmp_path / "out"
+    assert cli_main(["generate", str(images), "--out", str(out), "--model", "tiny-test", "--accelerator", "gpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("cartoonx generate: error: --accelerator gpu: not usable here")
+    assert not out.exists()
+
+
+def test_a_run_that_fails_before_its_first_result_leaves_no_empty_folder(images, tmp_path, monkeypatch):
+    import amortized.generate as G
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("a classifier that breaks")
+
+    monkeypatch.setattr(G.TargetGenerator, "predict_step", broken)
+    out = tmp_path / "new" / "out"
+    with pytest.raises(RuntimeError, match="breaks"):
+        generate_targets(images, out, **TINY)
+    assert not out.exists()
+    out.mkdir()  # a folder the user made is theirs: kept, with the manifest that says what it holds
+    with pytest.raises(RuntimeError, match="breaks"):
+        generate_targets(images, out, **TINY)
+    assert [p.name for p in out.iterdir()] == ["manifest.json"]

@@ -21,6 +21,7 @@ from tests.amortized.fake_shards import (
     fake_sample,
     flip_mask_value,
     keys_of,
+    member_span,
     write_fake_shards,
 )
 
@@ -287,3 +288,82 @@ def test_old_shards_without_provenance_still_pass(shared_dir):
     checked = list(S.checked_samples(path, spec))
     assert [k for k, _, _ in checked] == list(keys) and all(p == [] for _, _, p in checked)
     assert "provenance" not in json.loads(checked[0][1]["meta.json"])
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:3000])
+
+
+def _break_crc(path):
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # one bit inside the compressed stream: gzip's CRC (or inflate) fails
+    path.write_bytes(bytes(raw))
+
+
+def test_resume_moves_damaged_shards_aside_logs_them_and_recomputes_their_samples(tmp_path, caplog):
+    out = tmp_path / "d"
+    keys = keys_of(8)
+    write_fake_shards(out, keys, 2, compress=True)
+    s0, s1, s2, s3 = S.list_shards(out)
+    _truncate(s0)
+    _break_crc(s2)
+    with caplog.at_level(logging.WARNING, logger="amortized.shards"):
+        done = S.open_for_writing(out, fake_config())  # one pass heals both: no hand deletion, no rerun per shard
+    assert done == set(keys[2:4] + keys[6:8])  # the moved shards' samples are pending again
+    assert sorted(p.name for p in out.glob("*.corrupt")) == [s0.name + ".corrupt", s2.name + ".corrupt"]
+    assert S.list_shards(out) == [s1, s3]
+    manifest = json.loads((out / S.MANIFEST).read_text())
+    assert [(c["shard"], c["moved_to"]) for c in manifest["corrupt"]] == [(s0.name, s0.name + ".corrupt"),
+                                                                         (s2.name, s2.name + ".corrupt")]
+    assert manifest["num_samples"] == 4 and S.verify_shards(out)[1] == []
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum("moved aside" in m for m in lines) == 2 and any(str(s0) in m for m in lines)
+    # a new shard taking a moved one's index, damaged again, does not overwrite the first record
+    with S.AtomicShardWriter(S.shard_pattern(out, S.config_hash(fake_config()), 0, True), 2, start_shard=0) as w:
+        w.write(fake_sample(keys[0]))
+    _truncate(s0)
+    S.open_for_writing(out, fake_config())
+    assert sorted(p.name for p in out.glob(s0.name + "*")) == [s0.name + ".2.corrupt", s0.name + ".corrupt"]
+    assert len(json.loads((out / S.MANIFEST).read_text())["corrupt"]) == 3
+
+
+def _flip_target_digit(path, key):
+    """Change one digit of ``meta.json``'s target in an uncompressed shard: still valid JSON, still a class index."""
+    raw = bytearray(path.read_bytes())
+    start, size = member_span(bytes(raw), f"{key}.meta.json")
+    at = bytes(raw[start : start + size]).index(b'"target": ') + len(b'"target": ')
+    raw[start + at] = ord("1") if raw[start + at] != ord("1") else ord("2")
+    path.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("damage", ["mask value", "meta target"])
+def test_an_in_range_bit_flip_in_an_uncompressed_shard_is_found(tmp_path, damage):
+    out = tmp_path / "d"
+    keys = keys_of(2)
+    write_fake_shards(out, keys, 2, compress=False)
+    (path,) = S.list_shards(out)
+    if damage == "mask value":
+        flip_mask_value(path, keys[1], high_byte=0x30)  # [0.125, 0.25): every range check still passes
+    else:
+        _flip_target_digit(path, keys[1])
+    _, problems = S.verify_shards(out)
+    assert problems == [f"{path.name}: {keys[1]}: checksum mismatch: its bytes changed since it was written "
+                        "(a damaged disk or copy)"]
+    assert S.open_for_writing(out, fake_config()) == {keys[0]}  # dropped on resume, so it is recomputed
+
+
+def test_cli_lists_every_problem_once_also_without_a_manifest(tmp_path, capsys):
+    from amortized.cli import main
+
+    out = tmp_path / "d"
+    write_fake_shards(out, keys_of(6), 2, compress=True)
+    s0, s1, _ = S.list_shards(out)
+    _truncate(s0)
+    _break_crc(s1)
+    (out / S.MANIFEST).unlink()
+    assert main(["shards", str(out)]) == 1
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("PROBLEM")]
+    assert len(lines) == len(set(lines)) == 3 and "3 problem(s)" in captured.out
+    assert "manifest.json is missing" in lines[0] and s0.name in lines[1] and s1.name in lines[2]
+    assert "2 samples in 1 shards" in captured.out and "classifier tiny-test" in captured.out

@@ -17,6 +17,7 @@ from rde import (
     register_classifier,
 )
 from rde.classifiers import as_classifier
+from rde.errors import InputError
 
 
 @pytest.fixture(scope="module", params=list_classifiers())
@@ -95,6 +96,9 @@ FACTORIES = textwrap.dedent(
     def not_a_module():
         return 42
 
+    def broken():
+        raise RuntimeError("weights file missing")
+
     value = 3
     """
 )
@@ -130,7 +134,8 @@ def test_module_callable_returning_a_classifier_is_used_as_is(factories):
         ("fcx_no_such_module:make", ValueError, "cannot import module 'fcx_no_such_module'"),
         ("{m}:missing", ValueError, "has no callable 'missing'"),
         ("{m}:value", ValueError, "has no callable 'value'"),
-        ("{m}:not_a_module", TypeError, "returned int, expected an nn.Module"),
+        ("{m}:not_a_module", InputError, r"not_a_module\(\) returned int, expected an nn.Module"),
+        ("{m}:broken", InputError, r"broken\(\) failed \(RuntimeError: weights file missing\)"),
     ],
 )
 def test_module_callable_errors(factories, spec, error, message):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -200,3 +202,43 @@ def test_the_pixel_bound_is_set_by_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("CARTOONX_MAX_PIXELS", "lots")
     with pytest.raises(ValueError, match="CARTOONX_MAX_PIXELS='lots'"):
         load_image(path)
+
+
+def _sideways_photo(path):
+    """A left-right asymmetric photo stored rotated, as a phone does, with EXIF Orientation=6; returns the upright pixels."""
+    upright = np.zeros((40, 24, 3), dtype=np.uint8)  # portrait: 24 wide, 40 high
+    upright[:10, :, 0] = 255  # red band at the top
+    upright[:, :6, 2] = 255  # blue band on the left
+    stored = Image.fromarray(upright).rotate(90, expand=True)  # the sensor's landscape frame
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise to view
+    stored.save(path, quality=100, exif=exif)
+    return upright
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    path = tmp_path / "phone.jpg"
+    upright = _sideways_photo(path)
+    loaded = pixels(load_image(path)).astype(int)
+    assert loaded.shape == upright.shape
+    assert np.abs(loaded - upright).mean() < 3  # JPEG error only; sideways it would differ by ~100
+    batch = load_images([path], size=24)  # what explain, compare and generate see
+    assert (batch[0] - preprocess(Image.fromarray(upright), 24)).abs().mean() < 0.02
+
+
+@pytest.mark.parametrize("size, warned", [((1, 1), "upscaled 64x"), ((5, 3000), "upscaled 12.8x to 64 px (the classifier sees interpolation) and center-cropped to a square that keeps 0.17%"),
+                                          ((64, 40), None), ((96, 48), None), ((97, 48), "keeps 49%")])
+def test_tiny_or_elongated_images_warn_naming_the_file(tmp_path, size, warned):
+    from rde.io import ImageGeometryWarning
+
+    path = tmp_path / "odd.png"
+    Image.new("RGB", size, (10, 20, 30)).save(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        images = load_images([path], size=64)
+    assert images.shape == (1, 3, 64, 64)
+    messages = [str(w.message) for w in caught if issubclass(w.category, ImageGeometryWarning)]
+    if warned is None:
+        assert messages == []
+    else:
+        assert len(messages) == 1 and messages[0].startswith(str(path)) and warned in messages[0]
