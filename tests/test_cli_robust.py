@@ -140,7 +140,7 @@ def test_explain_on_a_full_disk_is_one_line_and_keeps_finished_images(tmp_path, 
 
 
 def test_compare_on_a_full_disk_is_one_line_and_resumes_with_every_explanation(tmp_path, capsys, monkeypatch):
-    from amortized.compare import Comparison
+    from amortized.comparison import Comparison
 
     photos = [write_photo(tmp_path / f"p{i}.png", i) for i in range(2)]
     out = tmp_path / "cmp"

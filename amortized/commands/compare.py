@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from amortized.compare import Comparison
+    from amortized.comparison import Comparison
 
 from amortized.commands._args import (
     add_precision_argument,

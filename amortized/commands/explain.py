@@ -254,7 +254,6 @@ def run(args: argparse.Namespace) -> int:
     from rde.errors import InputError
     from rde.io import check_output_dir, remove_if_empty, write_failure
     from rde.representation import create_representation
-    from rde.start import Start
 
     device = resolve_device(args.device)
     preset = rde.load_preset(args.preset)
@@ -322,6 +321,7 @@ def _explain_all(
     from tqdm.auto import tqdm
 
     from rde.plotting import plot_explanation
+    from rde.start import Start
 
 
     def on_error(path: Path, message: str) -> None:
