@@ -13,6 +13,7 @@ under :data:`CHECKPOINT_KEY`; :func:`export_checkpoint` extracts it.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,10 @@ def read_initializer(path: str | Path) -> dict[str, Any]:
         raise FileNotFoundError(f"initializer checkpoint not found: {path}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # torch's message advises weights_only=False: never for a file we don't trust
+        raise CheckpointMismatchError(
+            f"{path}: not a plain-data initializer checkpoint (it holds objects that would run code when loaded, "
+            "which is refused); export one with `cartoonx export`") from None
     except Exception as e:  # noqa: BLE001 - an unreadable or foreign file
         raise CheckpointMismatchError(f"{path}: not a readable initializer checkpoint ({str(e).splitlines()[0]})") from None
     if isinstance(ckpt, dict) and CHECKPOINT_KEY in ckpt:

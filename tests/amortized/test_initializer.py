@@ -89,6 +89,21 @@ def test_not_a_checkpoint(tmp_path, tiny_explainer):
         LearnedStart.for_explainer(tiny_explainer, tmp_path / "missing.ckpt")
 
 
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("this would run on load",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_torchs_advice_to_trust_it(tmp_path, tiny_explainer):
+    path = tmp_path / "pickled.pt"
+    torch.save({"state_dict": _RunsCode()}, path)
+    with pytest.raises(CheckpointMismatchError) as refused:
+        LearnedStart.for_explainer(tiny_explainer, path)
+    message = str(refused.value)
+    assert "pickled.pt" in message and "run code" in message and "\n" not in message
+    assert "weights_only" not in message and "trust" not in message
+
+
 def test_guard_backs_off_when_the_mask_destroys_the_class(tiny_checkpoint, tiny_explainer):
     images = torch.rand(2, 3, 64, 64)
     raw = learned(tiny_explainer, tiny_checkpoint, guard=NO_GUARD, warmup=NO_WARMUP)(images).mask
