@@ -4,10 +4,10 @@ Every init runs the exact optimizer for N steps on the same images with the same
 OUT/loss_curves.png (median and quartiles over images, and rate-distortion curves),
 OUT/loss_curves_per_image.png, OUT/summary.csv, OUT/per_image.csv and OUT/comparison.json, and
 prints the summary table. ``learned`` uses --checkpoint, or the initializer bundled for the model
-and preset, warmed up and guarded as its checkpoint says; ``<init>+warmup`` runs a cheap warm-up after
-any other start (40 steps of 2 noisy copies at lr 0.03 with a log-probability barrier, then, for a class of
-probability >= 0.5, 60 pruning steps at 6 λ; charged as 12.5 steps of a 16-copy preset, 5 without pruning). Inputs are read as by ``cartoonx explain``; those that cannot be read are named and
-skipped, and the exit code is then 1. An earlier comparison in OUT is continued with --resume or replaced with
+and preset, warmed up and guarded as its checkpoint's policy says; ``<init>+warmup`` runs a cheap warm-up after
+any other start (rde.warmup.Warmup(): few noisy copies, a large step and a log-probability barrier, then a
+pruning phase where the class is confident), charged in preset steps like every start. Inputs are read as by
+``cartoonx explain``; those that cannot be read are named and skipped, and the exit code is then 1. An earlier comparison in OUT is continued with --resume or replaced with
 --overwrite, never silently. The inputs and explanations of finished images are kept in OUT/pictures.npz, so that
 a resumed comparison's explanations.png shows them too.
 

@@ -54,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="ones",
         help="initial mask: ones, const:C, random, preopt, learned (the amortized initializer; default steps: "
         "a third of the preset's), or a PATH.npz written by this command; append +warmup (e.g. ones+warmup) for a "
-        "cheap warm-up run first: 40 steps of 2 noisy copies at lr 0.03 with a log-probability barrier, then 60 "
-        "pruning steps at 6 lambda for a class of probability >= 0.5; the learned start has its own (default: %(default)s)",
+        "cheap warm-up run first (rde.warmup.Warmup's settings); the learned start runs its checkpoint's policy "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--checkpoint", type=Path, help="initializer checkpoint for --init learned (default: the bundled one)"
