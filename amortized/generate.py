@@ -36,7 +36,8 @@ from tqdm.auto import tqdm
 import rde
 from amortized import shards as S
 from amortized.datasets import ImageItem, key_fraction, key_seed, list_images, report_to_stderr
-from amortized.generate_data import GenerateDataModule, failure_record, with_views
+from amortized.generate_data import GenerateDataModule, with_views
+from amortized.image_data import failure_record
 from amortized.shards.writer import KEPT
 from amortized.signals import StopOnSignals, Stopped
 from rde import CartoonX, MaskLayout, RDEConfig, create_classifier, load_preset

@@ -11,11 +11,11 @@ from typing import Any, Sequence
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from amortized import shards as S
-from amortized.datasets import ImageItem, parse_view_key, view_key
-from amortized.views import load_view
+from amortized.datasets import ImageItem, view_key
+from amortized.image_data import ImageListDataset, collate_items
 from rde.errors import InputError
 from rde.io import check_output_dir
 
@@ -56,41 +56,6 @@ def with_views(photos: Sequence[ImageItem], views: int, photos_too: bool = True)
         for v in range(first, views + 1)
         for item in photos
     ]
-
-
-class ImageListDataset(Dataset):
-    """Loads and preprocesses images (a view is cut from its photo: ``view`` is its :class:`~amortized.views.View`,
-    ``None`` for a photo itself); a bad file yields ``image=None`` and the error instead of raising."""
-
-    def __init__(self, items: Sequence[ImageItem], image_size: int) -> None:
-        self.items = list(items)
-        self.image_size = image_size
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        item = self.items[index]
-        try:
-            (image, view), error = load_view(item.path, parse_view_key(item.key)[0], item.view, self.image_size), None
-        except (ValueError, OSError) as e:
-            image, view, error = None, None, str(e)
-        return {"item": item, "image": image, "view": view, "error": error}
-
-
-def collate_items(batch: list[dict[str, Any]]) -> dict[str, Any]:
-    good = [b for b in batch if b["image"] is not None]
-    return {
-        "items": [b["item"] for b in good],
-        "views": [b["view"] for b in good],
-        "images": torch.stack([b["image"] for b in good]) if good else None,
-        "failed": [failure_record(b["item"], b["error"]) for b in batch if b["image"] is None],
-    }
-
-
-def failure_record(item: ImageItem, error: str) -> dict[str, Any]:
-    """The failure log record of an image that could not be explained."""
-    return {"key": item.key, "source": item.source, "error": error}
 
 
 class GenerateDataModule(L.LightningDataModule):

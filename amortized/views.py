@@ -101,9 +101,9 @@ def render_view(photo: Image.Image, view: View, size: int) -> Tensor:
 def load_view(path: str | Path, photo: str, index: int, size: int) -> tuple[Tensor, View | None]:
     """Load the photo at ``path`` (keyed ``photo``) and return view ``index`` as ``(3, size, size)`` in [0, 1],
     with its :class:`View` (``None`` for index 0: the photo, preprocessed as :func:`rde.io.preprocess` does)."""
-    image = rde_io.load_image(path)
     if index == 0:
-        return rde_io.preprocess(image, size), None
+        return rde_io.load_and_preprocess(path, size), None  # a photo that is tiny or far from square is named
+    image = rde_io.load_image(path)
     view = draw_view(photo, index, *image.size)
     return render_view(image, view, size), view
 

@@ -78,3 +78,30 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
         help="classifier precision: 32-true, bf16-mixed or 16-mixed (CUDA; both run, slowly, on a CPU); mask, Adam and losses "
         "stay float32 (default: the preset's, 32-true)",
     )
+
+
+def add_explainer_arguments(parser: argparse.ArgumentParser, seed_help: str) -> None:
+    """The options that choose the exact optimizer, shared by explain and compare: --model, --preset, --lam,
+    --checkpoint (a learned start's), --seed, --device and --precision."""
+    parser.add_argument(
+        "--model", default="efficientnet_lite0",
+        help="classifier: a registered name (efficientnet_lite0), a torchvision model name with cached weights, or "
+        "package.module:callable (default: %(default)s)",
+    )
+    parser.add_argument("--preset", default="cpu",
+                        help="optimizer preset: cpu, paper, tiny, or a YAML file (default: %(default)s)")
+    parser.add_argument("--lam", type=non_negative_float, help="sparsity weight lambda (default: the preset's)")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="initializer checkpoint for a learned start (default: the one bundled for the model and preset)")
+    parser.add_argument("--seed", type=seed_int, default=0, help=f"{seed_help} (default: %(default)s)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="auto: cuda if available, else cpu (default: %(default)s)")
+    add_precision_argument(parser)
+
+
+def add_rerun_arguments(parser: argparse.ArgumentParser, out_default: str, resume_help: str) -> None:
+    """--out and what to do with an earlier run's outputs there: --resume or --overwrite, never silently."""
+    parser.add_argument("--out", type=Path, default=Path(out_default), help="output directory (default: %(default)s)")
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true", help=resume_help)
+    again.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier run in OUT")

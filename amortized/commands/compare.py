@@ -29,13 +29,12 @@ if TYPE_CHECKING:
     from amortized.comparison import Comparison
 
 from amortized.commands._args import (
-    add_precision_argument,
+    add_explainer_arguments,
+    add_rerun_arguments,
     fraction,
-    non_negative_float,
     outside,
     positive_int,
     positive_steps,
-    seed_int,
 )
 
 
@@ -46,25 +45,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated: ones, learned, const:C, random, preopt; any but learned with +warmup "
                         "(default: %(default)s)")
     parser.add_argument("--steps", type=positive_steps, help="Adam steps N (default: the preset's)")
-    parser.add_argument("--model", default="efficientnet_lite0", help="classifier (default: %(default)s)")
-    parser.add_argument("--preset", default="cpu", help="optimizer preset (default: %(default)s)")
-    parser.add_argument("--lam", type=non_negative_float, help="sparsity weight lambda (default: the preset's)")
-    parser.add_argument("--checkpoint", type=Path, help="initializer checkpoint for 'learned' (default: the bundled one)")
-    parser.add_argument("--seed", type=seed_int, default=0, help="noise seed shared by all inits (default: 0)")
+    add_explainer_arguments(parser, seed_help="noise seed shared by all inits")
     parser.add_argument("--split", choices=("all", "train", "val"), default="all",
                         help="for a dataset: the hash split to use (val = images the bundled initializer never saw)")
     parser.add_argument("--val-fraction", type=fraction, default=1 / 8, help="validation fraction of the hash split")
     parser.add_argument("--limit", type=positive_int, help="use only the first N images")
     parser.add_argument("--batch-size", type=positive_int, default=1, help="images optimized together (default: 1)")
     parser.add_argument("--no-rate-distortion", action="store_true", help="skip the rate-distortion curves")
-    parser.add_argument("--out", type=Path, default=Path("outputs/compare"), help="output directory")
-    again = parser.add_mutually_exclusive_group()
-    again.add_argument("--resume", action="store_true",
-                       help="keep the images already in OUT/comparison.json and run the rest (refused unless the inits, steps, "
-                       "classifier, preset, seed and checkpoint are the same)")
-    again.add_argument("--overwrite", action="store_true", help="replace an earlier comparison in OUT")
-    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    add_precision_argument(parser)
+    add_rerun_arguments(parser, "outputs/compare",
+                        "keep the images already in OUT/comparison.json and run the rest (refused unless the inits, "
+                        "steps, classifier, preset, seed and checkpoint are the same)")
 
 
 PICTURES = "pictures.npz"
@@ -123,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     from amortized.comparison import PartialComparison, compare_inits, comparison_settings, plot_comparison
     from rde.errors import InputError
     from rde.init import parse_init
-    from rde.io import ImageLoadError, OutputDirError, check_output_dir, load_and_preprocess, write_failure
+    from rde.io import OutputDirError, check_output_dir, write_failure
     from rde.warmup import WarmStart, split_warmup
 
     device = resolve_device(args.device)
@@ -170,13 +160,12 @@ def run(args: argparse.Namespace) -> int:
     # Files, folders (recursively) and list files, the same way `cartoonx explain` and `generate` read them.
     paths = [item.path for item in list_images(args.inputs, args.split, args.val_fraction, on_problem=skip)]
     paths = outside(paths, args.out, "compare")[: args.limit]
+    from amortized.image_data import image_batches
+
     images, names = [], []
-    for path in paths:
-        try:
-            images.append(load_and_preprocess(path, preset.image_size))
-            names.append(Path(path).stem)
-        except ImageLoadError as e:
-            skip(str(e))
+    for rows, batch in image_batches(paths, preset.image_size, 1, lambda path, message: skip(message)):
+        images.extend(batch)
+        names.extend(Path(paths[i]).stem for i in rows)
     if not images:
         raise InputError(f"no readable images to compare ({skipped} input(s) skipped)")
 

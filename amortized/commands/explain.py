@@ -17,7 +17,7 @@ import sys
 import time
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     import torch
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from rde.init import InitSpec
     from rde.layout import MaskLayout
 
-from amortized.commands._args import add_precision_argument, int_at_least, non_negative_float, outside, seed_int, steps_int
+from amortized.commands._args import add_explainer_arguments, add_rerun_arguments, int_at_least, outside, steps_int
 
 METHODS = ("cartoonx", "pixel-rde")
 LEARNED_STEPS_FRACTION = 1 / 3  # default refinement after a learned init, relative to the preset's steps
@@ -39,15 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "images", nargs="+", metavar="IMAGE",
         help="image files, folders (searched recursively) or list files (.txt/.lst, one image path per line)",
     )
-    parser.add_argument(
-        "--model",
-        default="efficientnet_lite0",
-        help="classifier: a registered name (efficientnet_lite0, tiny-test), a torchvision model name with "
-        "cached weights, or package.module:callable (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--preset", default="cpu", help="optimizer preset: cpu, paper, tiny, or a YAML file (default: %(default)s)"
-    )
+    add_explainer_arguments(parser, seed_help="noise seed, the same for every image")
     parser.add_argument("--steps", type=steps_int, help="Adam steps (default: the preset's)")
     parser.add_argument(
         "--init",
@@ -57,20 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "cheap warm-up run first (rde.warmup.Warmup's settings); the learned start runs its checkpoint's policy "
         "(default: %(default)s)",
     )
-    parser.add_argument(
-        "--checkpoint", type=Path, help="initializer checkpoint for --init learned (default: the bundled one)"
-    )
-    parser.add_argument("--lam", type=non_negative_float, help="sparsity weight lambda (default: the preset's)")
     parser.add_argument("--num-samples", type=int_at_least(1), help="noise samples L per step (default: the preset's)")
-    parser.add_argument("--seed", type=seed_int, default=0, help="noise seed, the same for every image (default: 0)")
-    parser.add_argument("--out", type=Path, default=Path("explanations"), help="output directory (default: %(default)s)")
-    again = parser.add_mutually_exclusive_group()
-    again.add_argument("--overwrite", action="store_true", help="replace outputs of an earlier run in OUT")
-    again.add_argument("--resume", action="store_true",
-                       help="keep the images an earlier run with the same settings finished in OUT and explain the rest")
-    parser.add_argument(
-        "--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if available, else cpu"
-    )
+    add_rerun_arguments(parser, "explanations",
+                        "keep the images an earlier run with the same settings finished in OUT and explain the rest")
     parser.add_argument(
         "--batch-size",
         type=int_at_least(1),
@@ -78,7 +59,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="images optimized together; pays off on a GPU, not on a CPU (default: %(default)s)",
     )
     parser.add_argument("--method", choices=METHODS, default="cartoonx", help="default: %(default)s")
-    add_precision_argument(parser)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -223,28 +203,6 @@ def finished_stems(out: Path, stems: list[str], settings: dict[str, Any]) -> set
     return done
 
 
-def _batches(
-    paths: list[tuple[Path, str]], size: int, batch_size: int, on_error: Callable[[Path, str], None]
-) -> Iterator[tuple[list[tuple[Path, str]], Tensor]]:
-    """Yield ``([(path, stem)], images (B, 3, size, size))``; files that fail to load go to ``on_error``."""
-    import torch
-
-    from rde.io import ImageLoadError, load_and_preprocess
-
-    good, tensors = [], []
-    for path, stem in paths:
-        try:
-            tensors.append(load_and_preprocess(path, size))
-            good.append((path, stem))
-        except ImageLoadError as e:
-            on_error(path, str(e))
-        if len(good) == batch_size:
-            yield good, torch.stack(tensors)
-            good, tensors = [], []
-    if good:
-        yield good, torch.stack(tensors)
-
-
 def run(args: argparse.Namespace) -> int:
     # As in `cartoonx generate`: spin-waiting OpenMP threads make a shared, busy CPU many times slower.
     # This only takes effect when torch is not imported yet (the console script).
@@ -330,8 +288,11 @@ def _explain_all(
         tqdm.write(f"cartoonx explain: skipping {message}", file=sys.stderr)
         bar.update(1)
 
+    from amortized.image_data import image_batches
+
     done = 0
-    for batch, images in _batches(items, size, args.batch_size, on_error):
+    for rows, images in image_batches([path for path, _ in items], size, args.batch_size, on_error):
+        batch = [items[i] for i in rows]
         images = images.to(device)
         start = time.perf_counter()
         try:
