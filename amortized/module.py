@@ -8,6 +8,9 @@ Every step probes the frozen classifier once per image (features and class gradi
   the lost log-probability of the class. The supervised fit alone predicts something like an average of
   the optima, whose peaks are too low to keep the class (measured: < 1 % of the probability survives);
   this term teaches the network to keep it.
+* ``unroll``: the same objective after a few of the start's own warm-up steps from the prediction
+  (:func:`amortized.losses.unrolled_refinement`): it rewards a start whose *refined* loss is low, not its
+  distance to one optimum (semi-amortized training); the supervised term stays as a regularizer.
 
 Batches are dicts with ``image`` ``(B, 3, H, W)``, ``mask`` ``(B, k)``, ``target`` ``(B,)`` (the class the
 mask explains) and ``final_loss`` ``(B,)``, as :class:`~amortized.datamodule.MaskShardDataModule` serves them.
@@ -25,12 +28,11 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from amortized.checkpoint import CHECKPOINT_KEY, initializer_payload, read_initializer
 from amortized.features import ProbeResult, feature_channels, feature_taps, probe
-from amortized.losses import per_scale_abs_error, risk_averse_mask_loss
+from amortized.losses import objective_term, per_scale_abs_error, risk_averse_mask_loss, unrolled_refinement
 from amortized.net import INPUTS, MaskNet
 from amortized.policy import StartPolicy
 from rde import CartoonX, create_classifier, load_preset
@@ -54,7 +56,16 @@ class NetConfig:
 @dataclass
 class LossConfig:
     """Training losses: ``under_weight`` is the risk aversion (under-predicting costs that many times more);
-    the objective term uses ``objective_lam`` and ``objective_samples`` noise samples per image."""
+    the objective term uses ``objective_lam`` and ``objective_samples`` noise samples per image.
+
+    ``unroll_steps`` > 0 (with ``unroll_weight`` > 0) adds ``unroll_weight`` times the objective at the preset's λ
+    (``objective_samples`` copies, the barrier as above) of the prediction after ``unroll_steps`` warm-up steps
+    (``unroll_samples`` noisy copies each, the policy's warm-up learning rate), with a first-order gradient
+    (:func:`amortized.losses.unrolled_refinement`). 0 steps is exactly the loss without it. Its cost, forward and
+    backward per training sample (EfficientNet-Lite0 + cpu preset, batches of 4 photos, cached probes, one CPU
+    thread): 0.018 s with 0 steps, 0.68 s with 5 and 1.09 s with 10, about 0.08 s per step plus 0.28 s for the
+    refined objective and the run's set-up; an epoch of the 708 shipped targets goes from ~13 s to ~8 min (5 steps).
+    """
 
     supervised_weight: float = 1.0
     under_weight: float = 4.0
@@ -62,6 +73,15 @@ class LossConfig:
     objective_lam: float = 20.0
     objective_samples: int = 4
     barrier_weight: float = 1.0
+    unroll_steps: int = 0
+    unroll_weight: float = 1.0
+    unroll_samples: int = 2
+
+    def __post_init__(self) -> None:
+        for name, least in (("unroll_steps", 0), ("unroll_samples", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < least:
+                raise InputError(f"loss {name} must be an int >= {least}, got {value!r}")
 
 
 @dataclass
@@ -163,15 +183,19 @@ class MaskNetModule(L.LightningModule):
         sup, per_scale = risk_averse_mask_loss(pred, batch["mask"], layout, cfg.under_weight)
         total = cfg.supervised_weight * sup
         logs = {"supervised": sup, **{f"supervised_{k}": v for k, v in per_scale.items()}}
+        seeds = [self.global_step * len(images) + i for i in range(len(images))]
         if cfg.objective_weight > 0 and stage == "train":
-            seeds = [self.global_step * len(images) + i for i in range(len(images))]
-            obj = self.explainer(cfg.objective_lam).objective(
-                images, pred, target=batch["target"], num_samples=cfg.objective_samples, seed=seeds
-            )
-            barrier = F.relu(-obj["target_logprob"])
-            term = (obj["loss"] + cfg.barrier_weight * barrier).mean()
-            total = total + cfg.objective_weight * term
-            logs.update(objective=term, barrier=barrier.mean())
+            term, barrier = objective_term(self.explainer(cfg.objective_lam), images, pred, batch["target"],
+                                           cfg.objective_samples, seeds, cfg.barrier_weight)
+            total = total + cfg.objective_weight * term.mean()
+            logs.update(objective=term.mean(), barrier=barrier.mean())
+        if cfg.unroll_steps > 0 and cfg.unroll_weight > 0 and stage == "train":
+            refined = unrolled_refinement(self.explainer(), images, pred, batch["target"], cfg.unroll_steps,
+                                          self.policy.warmup.lr, cfg.unroll_samples, seed=self.global_step)
+            term, barrier = objective_term(self.explainer(), images, refined, batch["target"], cfg.objective_samples,
+                                           seeds, cfg.barrier_weight)
+            total = total + cfg.unroll_weight * term.mean()
+            logs.update(unrolled=term.mean(), unrolled_barrier=barrier.mean())
         self.log_dict({f"{stage}/{k}": v for k, v in logs.items()}, batch_size=len(images))
         self.log(f"{stage}/loss", total, batch_size=len(images), prog_bar=True)
         return total, pred

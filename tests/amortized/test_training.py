@@ -18,12 +18,13 @@ from amortized.callbacks import RefinementMetric
 from amortized.checkpoint import CHECKPOINT_KEY, read_initializer
 from amortized.cli import main as cli_main_cartoonx
 from amortized.commands.train import config_files
-from amortized.losses import risk_averse_mask_loss
+from amortized.losses import objective_term, risk_averse_mask_loss, unrolled_refinement
 from amortized.module import LossConfig, MaskInitializer, MaskNetModule, NetConfig, one_cycle_schedule
 from amortized.training import cli_main
 from rde import WaveletRepresentation
 from rde.configs import list_configs
 from rde.metrics import collapsed, loss_at
+from rde.warmup import WarmStart, Warmup
 from tests.amortized.fake_shards import keys_of, write_fake_shards
 
 
@@ -369,3 +370,70 @@ def test_the_old_class_name_and_an_older_config_still_load(tmp_path):
     assert isinstance(loaded, MaskNetModule) and loaded.hparams.validation["refine_steps"] == 4
     for a, b in zip(cli.model.net.parameters(), loaded.net.parameters()):
         assert torch.equal(a, b)
+
+
+# -- the loss on the refined result (unrolled warm-up steps) ---------------------------------------------------------
+def _refined_objective(model: MaskNetModule, batch: dict, steps: int = 2) -> float:
+    """The objective (preset λ, barrier) of the prediction after ``steps`` warm-up steps, at fixed noise."""
+    with torch.no_grad():
+        pred = model(batch["image"], batch["target"])
+    refined = unrolled_refinement(model.explainer(), batch["image"], pred, batch["target"], steps, 0.03, 2, seed=99)
+    with torch.no_grad():
+        term, _ = objective_term(model.explainer(), batch["image"], refined, batch["target"], 4, [7, 8], 1.0)
+    return term.mean().item()
+
+
+def test_zero_unroll_steps_is_exactly_the_former_loss():
+    """K = 0 adds nothing: the loss is the supervised term plus the objective term at the prediction, computed here
+    as the module computed it before (its own seeds), whatever the unroll weight."""
+    torch.manual_seed(0)
+    model = _model(loss={"objective_weight": 0.5, "unroll_steps": 0, "unroll_weight": 3.0})
+    batch = _collate(_synthetic(2))
+    total, pred = model.model_step(batch, "train")
+    sup, _ = risk_averse_mask_loss(pred, batch["mask"], model.representation.layout, 4.0)
+    obj = model.explainer(20.0).objective(batch["image"], pred, target=batch["target"], num_samples=4, seed=[0, 1])
+    former = sup + 0.5 * (obj["loss"] + torch.relu(-obj["target_logprob"])).mean()
+    assert torch.equal(total, former)
+    with pytest.raises(ValueError, match="unroll_steps"):
+        LossConfig(unroll_steps=-1)
+
+
+def test_unrolled_loss_sends_the_refined_gradient_to_the_network():
+    """Through K warm-up steps the gradient reaches the network's heads (with only the unrolled term it is zero at
+    K = 0), and it is the first-order one: the objective's gradient at the refined mask, zero where it is clamped."""
+    torch.manual_seed(0)
+    batch = _collate(_synthetic(2))
+    grads = {}
+    for steps in (0, 3):
+        model = _model(loss={"supervised_weight": 0.0, "unroll_steps": steps})
+        model.model_step(batch, "train")[0].backward()
+        grads[steps] = sum(p.grad.abs().sum().item() for p in model.net.heads.parameters() if p.grad is not None)
+    assert grads[0] == 0.0 and grads[3] > 0.0
+
+    explainer, images, targets = model.explainer(), batch["image"], batch["target"]
+    with torch.no_grad():
+        start = model(images, targets)
+    start[:, ::2] = 0.0  # half the coefficients at the lower bound, where the sparsity term holds them
+    leaf = start.clone().requires_grad_(True)
+    refined = unrolled_refinement(explainer, images, leaf, targets, 3, 0.03, 2, seed=5)
+    (grad,) = torch.autograd.grad(objective_term(explainer, images, refined, targets, 4, [1, 2], 1.0)[0].sum(), leaf)
+
+    reference = WarmStart(explainer, Warmup(steps=3, num_samples=2, lr=0.03, prune_steps=0), seed=5).warm(
+        images, start, targets).mask.requires_grad_(True)
+    assert torch.equal(refined.detach(), reference.detach())
+    (at_refined,) = torch.autograd.grad(objective_term(explainer, images, reference, targets, 4, [1, 2], 1.0)[0].sum(),
+                                        reference)
+    inside = (reference > 0) & (reference < 1)
+    assert 0 < inside.float().mean() < 1
+    assert torch.allclose(grad, at_refined * inside, atol=1e-7)
+
+
+def test_training_through_unrolled_steps_lowers_the_refined_loss(tmp_path):
+    torch.manual_seed(0)
+    model = _model(loss={"supervised_weight": 0.1, "unroll_steps": 2}, lr=1e-2, weight_decay=0.0)
+    data = DataLoader(_synthetic(2), batch_size=2, collate_fn=_collate)
+    batch = next(iter(data))
+    before = _refined_objective(model.eval(), batch)
+    _trainer(tmp_path, max_steps=25, limit_val_batches=0).fit(model, data)
+    after = _refined_objective(model.eval(), batch)
+    assert after < 0.8 * before, (before, after)
