@@ -8,7 +8,11 @@ from typing import Sequence
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
 
-from amortized.module import MaskInitializer
+from amortized.callbacks import RefinementMetric
+from amortized.module import MaskNetModule
+
+# ValidationConfig's fields of older configs -> RefinementMetric's arguments (``refinement:`` in a config).
+_LEGACY_REFINEMENT = {"refine_steps": "steps", "refine_images": "images", "refine_every_n_epochs": "every_n_epochs"}
 
 
 class InitializerCLI(LightningCLI):
@@ -16,10 +20,20 @@ class InitializerCLI(LightningCLI):
         # The data's image size, layout and classifier follow the model's: one value each, linked once.
         parser.link_arguments("model.preset", "data.init_args.preset")
         parser.link_arguments("model.classifier", "data.init_args.classifier")
+        # The refinement metric is always on, configured under ``refinement:`` (``steps: 0`` switches it off).
+        parser.add_lightning_class_args(RefinementMetric, "refinement")
 
     def before_instantiate_classes(self) -> None:
-        """Refuse a missing shard directory before loggers, folders or the model are set up."""
         config = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+        self._refuse_missing_shards(config)
+        validation = config.get("model.validation")
+        for old, new in _LEGACY_REFINEMENT.items():  # an older config set the refinement metric there
+            if validation is not None and getattr(validation, old, None) is not None:
+                config[f"refinement.{new}"] = getattr(validation, old)
+
+    @staticmethod
+    def _refuse_missing_shards(config) -> None:
+        """Refuse a missing shard directory before loggers, folders or the model are set up."""
         shards = (config.get("data") or {}).get("init_args", {}).get("shards")
         for directory in [] if shards is None else [shards] if isinstance(shards, str) else shards:
             if not Path(directory).is_dir():
@@ -31,7 +45,7 @@ class InitializerCLI(LightningCLI):
 
 def cli_main(args: Sequence[str] | None = None, run: bool = True) -> InitializerCLI:
     return InitializerCLI(
-        MaskInitializer,
+        MaskNetModule,
         LightningDataModule,
         subclass_mode_data=True,
         seed_everything_default=0,

@@ -44,15 +44,15 @@ def tiny_classifier():
 
 @pytest.fixture(scope="session")
 def tiny_initializer_checkpoint(tmp_path_factory) -> Path:
-    """A MaskInitializer training checkpoint for tiny-test + the tiny preset, trained for one step."""
+    """A MaskNetModule training checkpoint for tiny-test + the tiny preset, trained for one step."""
     import lightning as L
     from torch.utils.data import DataLoader
 
-    from amortized.module import MaskInitializer, NetConfig, ValidationConfig
+    from amortized.module import MaskNetModule, NetConfig, ValidationConfig
 
     path = tmp_path_factory.mktemp("initializer") / "tiny.ckpt"
-    model = MaskInitializer(classifier="tiny-test", preset="tiny", net=NetConfig(width=4, head_width=8),
-                            validation=ValidationConfig(refine_steps=0))
+    model = MaskNetModule(classifier="tiny-test", preset="tiny", net=NetConfig(width=4, head_width=8),
+                          validation=ValidationConfig(refine_steps=0))
     k = model.representation.layout.num_entries
     data = DataLoader([{"image": torch.rand(3, 64, 64), "mask": torch.rand(k), "target": torch.tensor(i),
                         "final_loss": torch.tensor(1.0)} for i in range(2)], batch_size=2)

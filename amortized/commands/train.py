@@ -2,24 +2,30 @@
 
     cartoonx train --config cpu [any LightningCLI flag, e.g. --trainer.max_epochs 5]
     cartoonx train --config configs/train/cpu.yaml                  # the same file, in a checkout
-    cartoonx train --config cpu --trainer.devices 4 --trainer.strategy ddp     # multi-GPU
+    cartoonx train --config cpu --config mine.yaml                  # cpu, then what mine.yaml changes
+    cartoonx train --config shards --trainer.devices 4 --trainer.strategy ddp  # multi-GPU
     cartoonx train --config cpu --ckpt_path runs/.../last.ckpt                 # resume
 
-``--config`` takes a YAML file or the name of a config that ships with the package (``cpu``, ``shards``:
-``rde/configs/train``). Everything else is handed to LightningCLI's ``fit`` subcommand unchanged. A package
-that a config needs but that is not installed (e.g. ``wandb`` for its logger) is named in a one-line error.
+``--config`` takes a YAML file or the name of a config that ships with the package (``rde/configs/train``).
+``cpu`` is the recipe; ``shards`` is an overlay that changes only what differs on many GPUs, so naming it, or
+giving its file, loads ``cpu`` first (:func:`config_files`). Several ``--config`` merge in order, a later
+value winning. Everything else is handed to LightningCLI's ``fit`` subcommand unchanged.
+A package that a config needs but that is not installed (e.g. ``wandb`` for its logger) is named in a
+one-line error.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", action="append", required=True,
-        help="LightningCLI YAML file, or a packaged config name: cpu, shards (repeatable)",
+        help="LightningCLI YAML file, or a packaged config name: cpu, shards (an overlay on cpu); repeatable, "
+             "a later file overriding an earlier one",
     )
     parser.set_defaults(_accepts_extra=True)
 
@@ -35,12 +41,28 @@ def resolve_config(text: str) -> str:
     return str(config_path("train", text))
 
 
+OVERLAYS = {"shards": "cpu"}  # a packaged overlay -> the packaged config it changes
+
+
+def config_files(text: str) -> list[str]:
+    """The files that ``--config text`` loads, in order: a packaged overlay (by name or its file) after the config
+    it changes (:data:`OVERLAYS`); anything else alone (:func:`resolve_config`)."""
+    from rde.configs import config_path
+
+    path = resolve_config(text)
+    name = Path(path).stem
+    if name in OVERLAYS and Path(path).resolve() == config_path("train", name).resolve():
+        return config_files(OVERLAYS[name]) + [path]
+    return [path]
+
+
 def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("WANDB_MODE", "offline")  # a config or WANDB_MODE=online opts in explicitly
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as in explain: spinning threads stall a shared CPU
     argv = ["fit"]
     for text in args.config:
-        argv += ["--config", resolve_config(text)]
+        for path in config_files(text):
+            argv += ["--config", path]
     try:
         from amortized.training import cli_main
 

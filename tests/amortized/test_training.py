@@ -1,5 +1,6 @@
-"""The initializer's LightningModule: overfitting, risk aversion, the objective term, the probe cache, LightningCLI
-on shards (resume, config round trip), plain checkpoints, fine-tuning, `cartoonx train` with the shipped config (wandb offline)."""
+"""The initializer's LightningModule: overfitting, risk aversion, the objective term, the probe cache, the refinement
+metric callback, the learning-rate schedule, LightningCLI on shards (resume, config round trip, older configs and the
+old class name), plain checkpoints, fine-tuning, `cartoonx train` with the shipped config (wandb offline)."""
 
 from __future__ import annotations
 
@@ -13,20 +14,23 @@ import torch
 import yaml
 from torch.utils.data import DataLoader
 
+from amortized.callbacks import RefinementMetric
 from amortized.checkpoint import CHECKPOINT_KEY, read_initializer
 from amortized.cli import main as cli_main_cartoonx
-from amortized.losses import risk_averse_mask_loss
-from amortized.module import LossConfig, MaskInitializer, NetConfig, ValidationConfig
+from amortized.commands.train import config_files
+from amortized.losses import objective_term, risk_averse_mask_loss, unrolled_refinement
+from amortized.module import LossConfig, MaskInitializer, MaskNetModule, NetConfig, one_cycle_schedule
 from amortized.training import cli_main
 from rde import WaveletRepresentation
+from rde.configs import list_configs
+from rde.metrics import collapsed, loss_at
+from rde.warmup import WarmStart, Warmup
 from tests.amortized.fake_shards import keys_of, write_fake_shards
 
-NO_VALIDATION = ValidationConfig(refine_steps=0)
 
-
-def _model(net: dict | None = None, loss: dict | None = None, **kw) -> MaskInitializer:
-    return MaskInitializer(classifier="tiny-test", preset="tiny", net=NetConfig(**{"width": 4, "head_width": 8, **(net or {})}),
-                           loss=LossConfig(**(loss or {})), validation=NO_VALIDATION, **kw)
+def _model(net: dict | None = None, loss: dict | None = None, **kw) -> MaskNetModule:
+    return MaskNetModule(classifier="tiny-test", preset="tiny", net=NetConfig(**{"width": 4, "head_width": 8, **(net or {})}),
+                         loss=LossConfig(**(loss or {})), **kw)
 
 
 def _synthetic(n: int, seed: int = 0) -> list[dict]:
@@ -112,7 +116,8 @@ def _tiny_config(tmp_path: Path, **model) -> Path:
                            "init_args": {"dirpath": str(tmp_path / "ckpt"), "save_last": True}}],
         },
         "model": {"classifier": "tiny-test", "preset": "tiny", "net": {"width": 4, "head_width": 8},
-                  "loss": {"objective_weight": 1.0}, "validation": {"refine_steps": 2, "refine_images": 2}, **model},
+                  "loss": {"objective_weight": 1.0}, **model},
+        "refinement": {"steps": 2, "images": 2},
         "data": {"class_path": "amortized.datamodule.MaskShardDataModule",
                  "init_args": {"shards": str(tmp_path / "shards"), "batch_size": 2, "val_fraction": 0.25}},
     }
@@ -136,9 +141,16 @@ def test_training_on_shards_with_the_objective_and_resume(tmp_path):
     ckpt = torch.load(last, weights_only=True)
     assert CHECKPOINT_KEY in ckpt and not any("classifier" in k for k in ckpt["state_dict"]), "the frozen classifier is never saved"
 
-    resumed = cli_main(["fit", "--config", str(config), "--trainer.max_epochs", "2", "--ckpt_path", str(last)])
-    assert resumed.trainer.current_epoch == 2
-    assert resumed.trainer.global_step == 4
+    # Resumed with a longer budget (6 steps), the schedule is the 6-step one at step 4, not the 2-step one continued
+    # (whose cosine would climb back to the full rate: 2e-3 at step 5).
+    resumed = cli_main(["fit", "--config", str(config), "--trainer.max_epochs", "3", "--ckpt_path", str(last),
+                        "--trainer.callbacks+=LearningRateMonitor", "--trainer.log_every_n_steps", "1"])
+    assert resumed.trainer.current_epoch == 3
+    assert resumed.trainer.global_step == 6
+    rows = [r.split(",") for r in (Path(resumed.trainer.log_dir) / "metrics.csv").read_text().splitlines()]
+    lrs = {int(r[rows[0].index("step")]): float(r[rows[0].index("lr-AdamW")]) for r in rows[1:] if r[rows[0].index("lr-AdamW")]}
+    by_hand = {s: 2e-3 * 0.5 * (1 + math.cos(math.pi * (s - 1) / 5)) for s in (2, 3, 4, 5)}  # warm-up 1 step, cosine over 5
+    assert lrs == pytest.approx(by_hand, rel=1e-6)
 
 
 def test_config_round_trip(tmp_path):
@@ -234,11 +246,194 @@ def test_init_weights_fine_tunes_from_another_checkpoint(tmp_path):
         other.load_net_weights(path)
 
 
-@pytest.mark.parametrize("config", sorted((Path(__file__).parents[2] / "configs" / "train").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_training_configs_parse(config, capsys):
+@pytest.mark.parametrize("name", list_configs("train"))
+def test_shipped_training_configs_parse(name, capsys):
     """Every option in the shipped configs exists (a renamed argument would fail here, not in a user's run)."""
     with pytest.raises(SystemExit) as exit_:
-        cli_main(["fit", "--config", str(config), "--print_config"])
+        cli_main(["fit", *[arg for path in config_files(name) for arg in ("--config", path)], "--print_config"])
     assert exit_.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["model"]["classifier"] == "efficientnet_lite0"
+    assert printed["data"]["init_args"]["batch_size"] == 16 and printed["refinement"]["steps"] == 30  # the cpu recipe's
+
+
+def _printed(capsys, name: str) -> dict:
+    with pytest.raises(SystemExit):
+        cli_main(["fit", *[arg for path in config_files(name) for arg in ("--config", path)], "--print_config"])
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_the_shards_overlay_changes_only_the_run(capsys):
+    """``--config shards`` is cpu.yaml, then shards.yaml: the cpu recipe with the run's length, devices and
+    validation cadence of the former stand-alone shards.yaml."""
+    assert [Path(p).name for p in config_files("shards")] == ["cpu.yaml", "shards.yaml"]
+    assert [Path(p).name for p in config_files(str(Path(config_files("shards")[1])))] == ["cpu.yaml", "shards.yaml"]
+    cpu, shards = _printed(capsys, "cpu"), _printed(capsys, "shards")
+    changed = {"max_epochs": 30, "check_val_every_n_epoch": 5, "devices": "auto", "log_every_n_steps": 50,
+               "num_sanity_val_steps": 2}
+    assert {k: shards["trainer"][k] for k in changed} == changed
+    assert shards["refinement"] == {**cpu["refinement"], "every_n_epochs": 6}
+    for key in ("model", "data", "seed_everything"):
+        assert shards[key] == cpu[key], key
+    assert {k: v for k, v in shards["trainer"].items() if k not in changed} == \
+        {k: v for k, v in cpu["trainer"].items() if k not in changed}
+
+
+def _images_with_targets(n: int) -> list[dict]:
+    return [{**row, "final_loss": torch.tensor(0.5 + 0.1 * i)} for i, row in enumerate(_synthetic(n, seed=3))]
+
+
+def test_refinement_callback_is_the_former_metric(tmp_path):
+    """The callback's numbers are those of the code it replaces (refine the prediction of the first images of the
+    validation run, loss@steps / the target's final loss, median), its images collected across batches."""
+    torch.manual_seed(0)
+    model = _model()
+    rows = _images_with_targets(4)
+    callback = RefinementMetric(steps=3, images=3)
+    trainer = _trainer(tmp_path, callbacks=[callback], inference_mode=False)  # as in fit: the probe needs gradients
+    trainer.validate(model, DataLoader(rows, batch_size=2, collate_fn=_collate), verbose=False)
+    logged = trainer.callback_metrics
+
+    batch = _collate(rows[:3])  # the former on_validation_epoch_end, line by line
+    with torch.no_grad():
+        init = model(batch["image"])
+    res = model.explainer().explain(batch["image"], init=init, steps=3, seed=1234)
+    ratio = loss_at(res.history["loss"], [3])[3] / batch["final_loss"]
+    assert logged["val/refine3_over_target"].item() == pytest.approx(ratio.median().item(), rel=1e-5)
+    expected_collapsed = collapsed(res.history["distortion"], res.target_probs).float().mean().item()
+    assert logged["val/refine3_collapsed"].item() == pytest.approx(expected_collapsed)
+
+    every_other = RefinementMetric(steps=1, images=1, every_n_epochs=2)
+    trainer = _trainer(tmp_path, callbacks=[every_other], inference_mode=False)
+    runs = []
+    for _ in range(3):
+        trainer.validate(model, DataLoader(rows[:2], batch_size=2, collate_fn=_collate), verbose=False)
+        runs.append("val/refine1_over_target" in trainer.callback_metrics)
+    assert runs == [True, False, True]
+    with pytest.raises(ValueError, match="every_n_epochs"):
+        RefinementMetric(every_n_epochs=0)
+
+
+def test_one_cycle_schedule_is_the_warm_up_and_cosine_formula():
+    """lr(s) = lr * (1/25 + 24/25 * s / w) for s <= w = int(0.1 total), then lr * (1 + cos(pi (s - w) / (total - w))) / 2."""
+    total, lr = 50, 2e-3
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    schedule = one_cycle_schedule(opt, total)
+    warm = 5
+
+    def by_hand(s: int) -> float:
+        if s <= warm:
+            return lr * (1 / 25 + (1 - 1 / 25) * s / warm)
+        return lr * 0.5 * (1 + math.cos(math.pi * (s - warm) / (total - warm)))
+
+    seen = []
+    for step in range(total + 1):
+        seen.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step()
+    for step in (0, 1, 3, 5, 6, 20, 37, 49, 50):
+        assert seen[step] == pytest.approx(by_hand(step), rel=1e-6, abs=1e-12), step
+    assert schedule.state_dict()["total_steps"] == total
+
+
+def test_configure_optimizers_steps_the_schedule_over_the_run(tmp_path):
+    model = _model(lr=1e-2)
+    lrs = []
+
+    class Record(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    _trainer(tmp_path, max_steps=20, limit_val_batches=0, callbacks=[Record()]).fit(
+        model, DataLoader(_synthetic(2), batch_size=2, collate_fn=_collate))
+    assert len(lrs) == 20
+    assert lrs[0] == pytest.approx(1e-2 / 25) and lrs[2] == pytest.approx(1e-2)  # warm-up: 2 steps of 20
+    assert lrs[11] == pytest.approx(1e-2 * 0.5 * (1 + math.cos(math.pi * 9 / 18)))
+
+
+def test_the_old_class_name_and_an_older_config_still_load(tmp_path):
+    """``MaskInitializer`` (saved configs and checkpoints name it) is the same class; a config of before, with the
+    refinement metric's settings under model.validation, runs with them; a training checkpoint loads back."""
+    assert MaskInitializer is MaskNetModule
+    config = _tiny_config(tmp_path)
+    old = yaml.safe_load(config.read_text())
+    del old["refinement"]
+    old["model"]["validation"] = {"samples": 2, "refine_steps": 4, "refine_images": 1, "refine_every_n_epochs": 3}
+    config.write_text(yaml.safe_dump(old))
+    cli = cli_main(["fit", "--config", str(config), "--trainer.max_epochs", "0"])
+    (callback,) = [c for c in cli.trainer.callbacks if isinstance(c, RefinementMetric)]
+    assert (callback.steps, callback.images, callback.every_n_epochs) == (4, 1, 3)
+    assert cli.model.validation_config.samples == 2
+
+    cli.trainer.save_checkpoint(tmp_path / "model.ckpt")
+    loaded = MaskInitializer.load_from_checkpoint(tmp_path / "model.ckpt", weights_only=False)
+    assert isinstance(loaded, MaskNetModule) and loaded.hparams.validation["refine_steps"] == 4
+    for a, b in zip(cli.model.net.parameters(), loaded.net.parameters()):
+        assert torch.equal(a, b)
+
+
+# -- the loss on the refined result (unrolled warm-up steps) ---------------------------------------------------------
+def _refined_objective(model: MaskNetModule, batch: dict, steps: int = 2) -> float:
+    """The objective (preset λ, barrier) of the prediction after ``steps`` warm-up steps, at fixed noise."""
+    with torch.no_grad():
+        pred = model(batch["image"], batch["target"])
+    refined = unrolled_refinement(model.explainer(), batch["image"], pred, batch["target"], steps, 0.03, 2, seed=99)
+    with torch.no_grad():
+        term, _ = objective_term(model.explainer(), batch["image"], refined, batch["target"], 4, [7, 8], 1.0)
+    return term.mean().item()
+
+
+def test_zero_unroll_steps_is_exactly_the_former_loss():
+    """K = 0 adds nothing: the loss is the supervised term plus the objective term at the prediction, computed here
+    as the module computed it before (its own seeds), whatever the unroll weight."""
+    torch.manual_seed(0)
+    model = _model(loss={"objective_weight": 0.5, "unroll_steps": 0, "unroll_weight": 3.0})
+    batch = _collate(_synthetic(2))
+    total, pred = model.model_step(batch, "train")
+    sup, _ = risk_averse_mask_loss(pred, batch["mask"], model.representation.layout, 4.0)
+    obj = model.explainer(20.0).objective(batch["image"], pred, target=batch["target"], num_samples=4, seed=[0, 1])
+    former = sup + 0.5 * (obj["loss"] + torch.relu(-obj["target_logprob"])).mean()
+    assert torch.equal(total, former)
+    with pytest.raises(ValueError, match="unroll_steps"):
+        LossConfig(unroll_steps=-1)
+
+
+def test_unrolled_loss_sends_the_refined_gradient_to_the_network():
+    """Through K warm-up steps the gradient reaches the network's heads (with only the unrolled term it is zero at
+    K = 0), and it is the first-order one: the objective's gradient at the refined mask, zero where it is clamped."""
+    torch.manual_seed(0)
+    batch = _collate(_synthetic(2))
+    grads = {}
+    for steps in (0, 3):
+        model = _model(loss={"supervised_weight": 0.0, "unroll_steps": steps})
+        model.model_step(batch, "train")[0].backward()
+        grads[steps] = sum(p.grad.abs().sum().item() for p in model.net.heads.parameters() if p.grad is not None)
+    assert grads[0] == 0.0 and grads[3] > 0.0
+
+    explainer, images, targets = model.explainer(), batch["image"], batch["target"]
+    with torch.no_grad():
+        start = model(images, targets)
+    start[:, ::2] = 0.0  # half the coefficients at the lower bound, where the sparsity term holds them
+    leaf = start.clone().requires_grad_(True)
+    refined = unrolled_refinement(explainer, images, leaf, targets, 3, 0.03, 2, seed=5)
+    (grad,) = torch.autograd.grad(objective_term(explainer, images, refined, targets, 4, [1, 2], 1.0)[0].sum(), leaf)
+
+    reference = WarmStart(explainer, Warmup(steps=3, num_samples=2, lr=0.03, prune_steps=0), seed=5).warm(
+        images, start, targets).mask.requires_grad_(True)
+    assert torch.equal(refined.detach(), reference.detach())
+    (at_refined,) = torch.autograd.grad(objective_term(explainer, images, reference, targets, 4, [1, 2], 1.0)[0].sum(),
+                                        reference)
+    inside = (reference > 0) & (reference < 1)
+    assert 0 < inside.float().mean() < 1
+    assert torch.allclose(grad, at_refined * inside, atol=1e-7)
+
+
+def test_training_through_unrolled_steps_lowers_the_refined_loss(tmp_path):
+    torch.manual_seed(0)
+    model = _model(loss={"supervised_weight": 0.1, "unroll_steps": 2}, lr=1e-2, weight_decay=0.0)
+    data = DataLoader(_synthetic(2), batch_size=2, collate_fn=_collate)
+    batch = next(iter(data))
+    before = _refined_objective(model.eval(), batch)
+    _trainer(tmp_path, max_steps=25, limit_val_batches=0).fit(model, data)
+    after = _refined_objective(model.eval(), batch)
+    assert after < 0.8 * before, (before, after)
