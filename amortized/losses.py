@@ -28,7 +28,7 @@ def risk_averse_mask_loss(
 
     Predicting a coefficient *below* its target costs ``under_weight`` times more than predicting it
     above: a needed coefficient that starts too low can destroy the class, one kept by mistake only
-    costs Adam ~value/lr steps (../shared/notes/initialization.md). ``under_weight=1`` is plain MSE.
+    costs Adam ~value/lr steps. ``under_weight=1`` is plain MSE.
 
     Each scale counts by its weight, not by its number of entries, so the 64 lowpass entries are not
     drowned by the ~13k finest-level ones. Returns the loss and the per-scale (unweighted) losses.
