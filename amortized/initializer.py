@@ -25,13 +25,13 @@ import torch
 from torch import Tensor
 
 from amortized.checkpoint import CheckpointMismatchError, check_compatible, read_initializer
-from amortized.features import probe
+from amortized.features import ProbeResult, probe
 from amortized.net import MaskNet
 from amortized.policy import Guard, StartPolicy
 from rde import CartoonX, MaskLayout, RDEConfig
 from rde.errors import InputError
 from rde.start import Start, steps_of_passes
-from rde.warmup import Warmup, WarmStart
+from rde.warmup import Warmup, WarmupSignals, WarmStart
 
 BUNDLED = {("efficientnet_lite0", "cpu"): "efficientnet_lite0-cpu.pt"}
 
@@ -100,21 +100,33 @@ class LearnedStart:
         """The starts of ``images`` ``(B, 3, H, W)``: predicted, warmed up, then guarded, so the guard checks the
         mask the refinement starts from (``target``: default the predicted classes)."""
         images = images.to(self.device).float()
-        _, _, height, width = images.shape
-        rep = self.explainer.representation(height, width, self.device)
-        inputs = probe(self.explainer.classifier, rep, images, target, self.taps)
-        with torch.no_grad():
-            mask = self.net(inputs, rep.layout)
-        start = Start.free(mask)
-        if self.policy.warmup.total_steps:
-            start = WarmStart(self.explainer, self.policy.warmup, seed=self.seed).warm(images, mask, inputs.targets)
+        inputs, start, _ = self.warmed(images, target)
+        rep = self.explainer.representation(images.shape[2], images.shape[3], self.device)
         warmup = self.policy.warmup
-        sparsify = start.pruned.to(mask.device) if warmup.total_steps and warmup.prune_steps else None
+        sparsify = start.pruned.to(start.mask.device) if warmup.total_steps and warmup.prune_steps else None
         guarded, backoffs, checks = self._guard(start.mask, images, inputs.targets, inputs.probs, rep.layout, sparsify)
         # The probe is one forward+backward of the clean image; a check is `samples` forward passes, charged as if
         # they were forward+backward passes.
         passes = 1 + checks * self.policy.guard.samples
         return Start(guarded, start.cost + steps_of_passes(passes, self.preset.num_samples), start.pruned, backoffs)
+
+    def warmed(self, images: Tensor, target: Tensor | None = None, signals: bool = False
+               ) -> tuple[ProbeResult, Start, WarmupSignals | None]:
+        """The probe of ``images``, the network's prediction after the policy's warm-up (the start before the guard;
+        its cost is the warm-up's, the probe is not charged yet) and, where ``signals``, what the warm-up saw."""
+        images = images.to(self.device).float()
+        _, _, height, width = images.shape
+        rep = self.explainer.representation(height, width, self.device)
+        inputs = probe(self.explainer.classifier, rep, images, target, self.taps)
+        with torch.no_grad():
+            mask = self.net(inputs, rep.layout)
+        if not self.policy.warmup.total_steps:
+            return inputs, Start.free(mask), None
+        warm = WarmStart(self.explainer, self.policy.warmup, seed=self.seed)
+        if signals:
+            start, seen = warm.warm_with_signals(images, mask, inputs.targets)
+            return inputs, start, seen
+        return inputs, warm.warm(images, mask, inputs.targets), None
 
     @torch.no_grad()
     def _guard(self, mask: Tensor, images: Tensor, targets: Tensor, reference: Tensor, layout: MaskLayout,
