@@ -26,12 +26,14 @@ import traceback
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 import rde
 from amortized.initializer import LearnedStart
 from bench_fast_init import DEFAULT_SHARDS, val_samples
 from rde.explanation import SIGNAL_KEYS
 from rde.start import steps_of_passes
+from rde.warmup import WarmupSignals
 
 
 def record(start_fn: LearnedStart, sample: dict) -> dict:
@@ -56,6 +58,19 @@ def load_records(folder: Path, split: str | None = None) -> list[dict]:
     pattern = f"{split}-*.pt" if split else "*.pt"
     rows = [r for path in sorted(folder.glob(pattern)) for r in torch.load(path, weights_only=True).values()]
     return sorted(rows, key=lambda r: r["key"])
+
+
+def as_signals(records: list[dict]) -> tuple[WarmupSignals, Tensor, Tensor]:
+    """A batch of records as the warm-up's :class:`~rde.warmup.WarmupSignals`, the coefficient magnitudes
+    ``(B, k)`` and the exact target masks ``(B, k)``."""
+    stack = lambda name: torch.stack([r[name] for r in records])  # noqa: E731
+    signals = WarmupSignals(
+        before=stack("before"), warmed=stack("warmed"), pruned_mask=stack("pruned_mask"),
+        warmup={k: stack(f"warmup_{k}") for k in SIGNAL_KEYS}, prune={k: stack(f"prune_{k}") for k in SIGNAL_KEYS},
+        target_probs=torch.tensor([r["target_prob"] for r in records]),
+        targets=torch.tensor([r["target"] for r in records]),
+    )
+    return signals, stack("magnitude"), stack("exact")
 
 
 def main() -> None:
