@@ -62,6 +62,8 @@ def main() -> None:
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--under-weight", type=float, default=4.0,
+                   help="the loss's cost of missing a needed coefficient over keeping a spare one (1: MSE)")
     p.add_argument("--preset", default="cpu")
     p.add_argument("--export", type=Path, help="a refiner file written by this script: export a checkpoint with it")
     p.add_argument("--to", type=Path, help="with --export: the checkpoint to write")
@@ -91,11 +93,13 @@ def main() -> None:
     train_x, train_y = features_of(train, layout, inputs)
     val_x, val_y = features_of(val, layout, inputs)
     refiner = Refiner(inputs, num_scales=len(layout.scales), width=args.width, depth=args.depth)
-    history = fit_refiner(refiner, train_x, train_y, layout, epochs=args.epochs, lr=args.lr, log=print)
+    history = fit_refiner(refiner, train_x, train_y, layout, epochs=args.epochs, lr=args.lr,
+                          under_weight=args.under_weight, log=print)
     metrics = report(refiner, val_x, val_y, layout) if val else {}
     print(f"trained in {time.perf_counter() - began:.0f} s; val: {metrics}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     training = {"photos": len(train), "keys": [r["key"] for r in train], "epochs": args.epochs, "lr": args.lr,
+                "under_weight": args.under_weight, "inputs": list(inputs),
                 "train_loss": history, "val": metrics}
     torch.save({"config": refiner.config, "state_dict": refiner.state_dict(), "training": training}, args.out)
     print(f"saved {args.out}")
