@@ -129,8 +129,11 @@ class LearnedStart:
         """The refiner's correction of a warmed-up ``start`` from its warm-up's ``signals`` and the images'
         coefficient ``magnitude`` (:attr:`amortized.features.ProbeResult.magnitude`), and which images took it
         ``(B,)`` bool. With :attr:`refine` ``"select"``, each image keeps whichever mask has the lower RDE objective
-        (mean over ``refiner_samples`` noisy copies, the same for both, forward only); those checks (two of
-        ``refiner_samples`` + 1 passes, the clean image included) are charged in the start's cost."""
+        (mean over ``refiner_samples`` noisy copies, the same for both, forward only), the correction only where it
+        also keeps the guard's share of the class probability (``Guard.keep``; on a start whose class is not
+        confident the label distortion is small even where the class is gone, and the guard would blend such a
+        mask toward ones); those checks (two of ``refiner_samples`` + 1 passes, the clean image included) are
+        charged in the start's cost."""
         if self.refiner is None:
             raise InputError("this learned start has no refiner (its checkpoint has none)")
         layout = self.explainer.representation(images.shape[2], images.shape[3], self.device).layout
@@ -140,9 +143,11 @@ class LearnedStart:
         cost = torch.zeros(len(images), dtype=torch.float64)
         if self.refine == "select":
             with torch.no_grad():
-                losses = [self.explainer.objective(images, m, targets, self.refiner_samples, seed=self.seed)["loss"]
+                checks = [self.explainer.objective(images, m, targets, self.refiner_samples, seed=self.seed)
                           for m in (start.mask, candidate)]
-            took = losses[1] < losses[0]
+            took = checks[1]["loss"] < checks[0]["loss"]
+            if self.policy.guard.keep > 0:  # a correction the guard would back off from is no better start
+                took &= checks[1]["kept"] >= self.policy.guard.keep
             cost += steps_of_passes(2 * (self.refiner_samples + 1), self.preset.num_samples)
         mask = torch.where(took[:, None], candidate, start.mask)
         return Start(mask, start.cost + cost, start.pruned, start.backoffs), took.cpu()

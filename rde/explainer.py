@@ -230,8 +230,9 @@ class RDE:
     ) -> dict[str, Tensor]:
         """The RDE objective of ``mask`` on ``images``, differentiable w.r.t. ``mask`` (and nothing else).
 
-        Returns ``(B,)`` tensors ``loss``, ``distortion``, ``sparsity``, ``spatial`` and ``target_logprob``
-        (mean over samples of log p_target(obfuscation) minus log p_target(image), <= 0 when the class fades).
+        Returns ``(B,)`` tensors ``loss``, ``distortion``, ``sparsity``, ``spatial``, ``target_logprob``
+        (mean over samples of log p_target(obfuscation) minus log p_target(image), <= 0 when the class fades) and
+        ``kept`` (mean over samples of p_target(obfuscation), over p_target(image): what a guard checks).
         Used to train amortized initializers on the exact objective and to score predicted masks.
         """
         check_images(images)
@@ -253,7 +254,8 @@ class RDE:
         distortion = get_distortion(cfg.distortion)(reference, logits, targets).mean(1)
         sparsity, spatial = self._regularizers(rep, grey_coefficients, mask)
         index = targets.view(batch, 1, 1).expand(batch, num_samples, 1)
-        logp = logits.log_softmax(-1).gather(-1, index).squeeze(-1).mean(1)
+        logp_samples = logits.log_softmax(-1).gather(-1, index).squeeze(-1)
+        logp = logp_samples.mean(1)
         ref_logp = reference_logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
         return {
             "loss": distortion + cfg.lam * sparsity + cfg.spatial_weight * spatial,
@@ -261,6 +263,7 @@ class RDE:
             "sparsity": sparsity,
             "spatial": spatial,
             "target_logprob": logp - ref_logp,
+            "kept": logp_samples.exp().mean(1) / ref_logp.exp().clamp_min(1e-12),
         }
 
     # -- internals --------------------------------------------------------------------------------------

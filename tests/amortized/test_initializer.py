@@ -363,3 +363,17 @@ def _bundled():
     from amortized.initializer import bundled_checkpoint
 
     return bundled_checkpoint("efficientnet_lite0", "cpu")
+
+
+def test_the_selection_refuses_a_correction_the_guard_would_back_off_from(tmp_path, tiny_checkpoint, tiny_explainer):
+    """An empty mask has the lower objective (above) but keeps little of the class: with a guard it is not taken."""
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    start_fn = LearnedStart.for_explainer(tiny_explainer, refiner_checkpoint(tmp_path, tiny_checkpoint, tiny_explainer, -40.0))
+    inputs, start, signals = start_fn.warmed(images, signals=True)
+    targets = inputs.targets
+    kept = tiny_explainer.objective(images, torch.zeros_like(start.mask), targets, 3)["kept"]
+    start_fn.policy = StartPolicy(start_fn.policy.warmup, Guard(keep=float(kept.max()) + 1e-3))
+    chosen, took = start_fn.corrected(images, targets, start, signals, inputs.magnitude)
+    assert took.tolist() == [False, False] and torch.equal(chosen.mask, start.mask)
+    start_fn.policy = StartPolicy(start_fn.policy.warmup, Guard(keep=float(kept.min()) - 1e-3))
+    assert start_fn.corrected(images, targets, start, signals, inputs.magnitude)[1].tolist() == [True, True]

@@ -522,3 +522,16 @@ def test_signals_are_off_by_default_and_recording_changes_nothing(tiny_classifie
     assert torch.equal(plain.mask, recorded.mask) and torch.equal(plain.history["loss"], recorded.history["loss"])
     none = cx.explain(images(1), steps=0, record_signals=True).signals  # no step: zero moments, zero gradients
     assert all(float(v.abs().max()) == 0 for v in none.values())
+
+
+def test_objective_kept_is_the_guards_share_of_the_class_probability(tiny_classifier):
+    cx = CartoonX(tiny_classifier, preset="tiny")
+    x = images()
+    mask = torch.full((2, cx.representation(SIZE, SIZE, x.device).layout.num_entries), 0.3)
+    out = cx.objective(x, mask, num_samples=5, seed=[4, 5])
+    probs = cx.predict_probabilities(x, mask, 5, seed=[4, 5])  # the same noise: the same seeds and copies
+    clean = tiny_classifier(x).softmax(-1)
+    target = clean.argmax(-1, keepdim=True)
+    torch.testing.assert_close(out["kept"], (probs.gather(1, target) / clean.gather(1, target)).squeeze(1))
+    ones = cx.objective(x, torch.ones_like(mask), num_samples=5)["kept"]
+    torch.testing.assert_close(ones, torch.ones(2), atol=1e-5, rtol=0)  # all-ones: the image itself
