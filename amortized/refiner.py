@@ -78,10 +78,12 @@ class Refiner(nn.Module):
         width: channels of the hidden 3x3 convolutions.
         depth: number of hidden 3x3 convolutions.
         gate_bias: the gate's initial bias: negative starts the network near the identity.
+        raise_only: correct only upward, ``max(m, corrected)``: the coefficients that hold the class in the start stay,
+            the network can only add the ones it misses.
     """
 
     def __init__(self, inputs: Sequence[str] = tuple(INPUT_GROUPS), num_scales: int = 6, width: int = 32,
-                 depth: int = 2, gate_bias: float = -3.0) -> None:
+                 depth: int = 2, gate_bias: float = -3.0, raise_only: bool = False) -> None:
         super().__init__()
         unknown = [i for i in inputs if i not in INPUT_GROUPS]
         if unknown:
@@ -89,7 +91,7 @@ class Refiner(nn.Module):
         if depth < 1 or width < 1:
             raise InputError(f"refiner depth and width must be >= 1, got {depth}, {width}")
         self.inputs = tuple(i for i in INPUT_GROUPS if i in inputs)
-        self.num_scales, self.width, self.depth = num_scales, width, depth
+        self.num_scales, self.width, self.depth, self.raise_only = num_scales, width, depth, bool(raise_only)
         channels = 1 + sum(num_scales if i == "level" else INPUT_GROUPS[i] for i in self.inputs)
         layers: list[nn.Module] = []
         for i in range(depth):
@@ -103,12 +105,13 @@ class Refiner(nn.Module):
     @property
     def config(self) -> dict[str, Any]:
         """Plain data to rebuild the network (:meth:`from_config`)."""
-        return {"inputs": list(self.inputs), "num_scales": self.num_scales, "width": self.width, "depth": self.depth}
+        return {"inputs": list(self.inputs), "num_scales": self.num_scales, "width": self.width, "depth": self.depth,
+                "raise_only": self.raise_only}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Refiner:
         return cls(inputs=tuple(config["inputs"]), num_scales=int(config["num_scales"]), width=int(config["width"]),
-                   depth=int(config["depth"]))
+                   depth=int(config["depth"]), raise_only=bool(config.get("raise_only", False)))
 
     def forward(self, features: Tensor, layout: MaskLayout) -> Tensor:
         """The corrected masks ``(B, k)`` of :func:`refiner_features`' ``features``; channel 0 is the start."""
@@ -123,6 +126,8 @@ class Refiner(nn.Module):
             gate, value = self.head(self.body(grid)).unbind(1)
             start = grid[:, 0]
             out = start + torch.sigmoid(gate) * (torch.sigmoid(value) - start)
+            if self.raise_only:
+                out = torch.maximum(out, start)
             parts.append(out.reshape(batch, orient, h, w))
         return layout.join(parts)
 

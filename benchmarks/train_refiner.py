@@ -62,6 +62,7 @@ def main() -> None:
     p.add_argument("--width", type=int, default=32)
     p.add_argument("--depth", type=int, default=2)
     p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--raise-only", action="store_true", help="correct only upward (Refiner raise_only)")
     p.add_argument("--under-weight", type=float, default=4.0,
                    help="the loss's cost of missing a needed coefficient over keeping a spare one (1: MSE)")
     p.add_argument("--preset", default="cpu")
@@ -92,7 +93,8 @@ def main() -> None:
     began = time.perf_counter()
     train_x, train_y = features_of(train, layout, inputs)
     val_x, val_y = features_of(val, layout, inputs)
-    refiner = Refiner(inputs, num_scales=len(layout.scales), width=args.width, depth=args.depth)
+    refiner = Refiner(inputs, num_scales=len(layout.scales), width=args.width, depth=args.depth,
+                      raise_only=args.raise_only)
     history = fit_refiner(refiner, train_x, train_y, layout, epochs=args.epochs, lr=args.lr,
                           under_weight=args.under_weight, log=print)
     metrics = report(refiner, val_x, val_y, layout) if val else {}

@@ -64,3 +64,15 @@ def test_training_learns_a_per_coefficient_rule_from_the_signals(signals):
     after = loss()
     assert after < 0.3 * before and history[-1] < history[0]
     assert not refiner.training  # left in eval mode
+
+
+def test_a_raise_only_refiner_never_lowers_the_start(signals):
+    seen, magnitude = signals
+    refiner = Refiner(num_scales=len(LAYOUT.scales), raise_only=True)
+    assert Refiner.from_config(refiner.config).raise_only
+    with torch.no_grad():
+        refiner.head.weight.zero_()
+        refiner.head.bias.copy_(torch.tensor([40.0, -40.0]))  # open gate toward 0: a plain refiner empties the mask
+        torch.testing.assert_close(refiner.correct(seen, magnitude, LAYOUT), seen.pruned_mask)
+        refiner.head.bias.copy_(torch.tensor([40.0, 40.0]))  # toward 1: raised everywhere
+        torch.testing.assert_close(refiner.correct(seen, magnitude, LAYOUT), torch.ones_like(seen.pruned_mask))
