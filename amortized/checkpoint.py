@@ -5,8 +5,9 @@ name, the full preset it was trained for (not only its name, so it loads where t
 the mask layout's signature, the feature taps, the network's plain configuration and state dict, the
 start's policy (:class:`amortized.policy.StartPolicy`: the warm-up and the guard, stored as ``warmup`` and
 ``guard``), and the training hyper-parameters and versions for the record.
-Version 3 added the warm-up (:class:`rde.warmup.Warmup`), version 4 its pruning phase and the guard's shrinks;
-an older file reads as one without them.
+Version 3 added the warm-up (:class:`rde.warmup.Warmup`), version 4 its pruning phase and the guard's shrinks,
+version 5 an optional second stage (``refiner``: :func:`refiner_entry`, ``None`` for none); an older file reads as
+one without them.
 Nothing in it needs Lightning, LightningCLI or jsonargparse to read. Lightning training checkpoints carry the same dict
 under :data:`CHECKPOINT_KEY`; :func:`export_checkpoint` extracts it.
 """
@@ -27,8 +28,8 @@ from amortized.policy import StartPolicy
 
 CHECKPOINT_KEY = "fastcartoonx"
 FORMAT = "fastcartoonx-initializer"
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (2, 3, 4)  # 2: no warm-up settings, which means none; 3: no pruning and no shrinks
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (2, 3, 4, 5)  # 2: no warm-up settings, which means none; 3: no pruning and no shrinks; 4: no refiner
 
 
 class CheckpointMismatchError(InputError):
@@ -43,8 +44,10 @@ def initializer_payload(
     state_dict: dict[str, torch.Tensor],
     training: dict[str, Any] | None = None,
     policy: StartPolicy | None = None,
+    refiner: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The checkpoint dict of a trained network; ``policy``: the start it ships with (default: the shipped one)."""
+    """The checkpoint dict of a trained network; ``policy``: the start it ships with (default: the shipped one);
+    ``refiner``: its second stage (:func:`refiner_entry`), default none."""
     size = preset.image_size
     policy = (policy or StartPolicy()).to_dict()
     return {
@@ -59,6 +62,7 @@ def initializer_payload(
         "guard": _plain(policy["guard"]),
         "warmup": _plain(policy["warmup"]),
         "training": _plain(training or {}),
+        "refiner": refiner,
         "versions": {"fastcartoonx": str(rde.__version__), "torch": str(torch.__version__)},
     }
 
@@ -94,11 +98,19 @@ def read_initializer(path: str | Path) -> dict[str, Any]:
             f"{FORMAT_VERSION}; retrain it with `cartoonx train`"
         )
     version = ckpt["format_version"]
-    if version < FORMAT_VERSION:  # read as the current format, with what the old one lacked switched off
+    if version < 4:  # read as the current format, with what the old one lacked switched off
         warmup = {"steps": 0} if version == 2 else ckpt["warmup"]
-        ckpt = {**ckpt, "format_version": FORMAT_VERSION, "warmup": {**warmup, "prune_steps": 0},
-                "guard": {**ckpt.get("guard", {}), "shrinks": []}}
-    return ckpt
+        ckpt = {**ckpt, "warmup": {**warmup, "prune_steps": 0}, "guard": {**ckpt.get("guard", {}), "shrinks": []}}
+    return {"refiner": None, **ckpt, "format_version": FORMAT_VERSION}
+
+
+def refiner_entry(config: dict[str, Any], state_dict: dict[str, torch.Tensor], mode: str = "select",
+                  samples: int = 16, training: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A checkpoint's ``refiner`` entry: the second stage's network (:class:`amortized.refiner.Refiner`'s
+    ``config`` and state dict), how a start uses it (``mode``, one of :data:`amortized.refiner.SELECT_MODES`) and
+    the noisy copies of its objective check (``samples``)."""
+    return {"config": _plain(config), "state_dict": {k: v.detach().cpu().clone() for k, v in state_dict.items()},
+            "mode": str(mode), "samples": int(samples), "training": _plain(training or {})}
 
 
 def check_compatible(payload: dict[str, Any], classifier: str, preset: RDEConfig, source: str = "checkpoint") -> None:
@@ -121,14 +133,17 @@ def export_checkpoint(
     source: str | Path,
     destination: str | Path,
     policy: StartPolicy | None = None,
+    refiner: dict[str, Any] | None = None,
 ) -> Path:
     """Write the plain initializer payload of a training checkpoint or an exported file (no optimizer or loop
-    state): what an initializer needs to ship. It keeps the start policy the checkpoint records unless ``policy``
-    replaces it. The result is in the current format (:data:`FORMAT_VERSION`), as everything
-    :func:`read_initializer` returns."""
+    state): what an initializer needs to ship. It keeps the start policy and the refiner the checkpoint records
+    unless ``policy`` or ``refiner`` (a :func:`refiner_entry`) replaces them. The result is in the current format
+    (:data:`FORMAT_VERSION`), as everything :func:`read_initializer` returns."""
     payload = read_initializer(source)
     if policy is not None:
         payload.update(_plain(policy.to_dict()))
+    if refiner is not None:
+        payload["refiner"] = refiner
     destination = Path(destination)
     destination.parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, destination)

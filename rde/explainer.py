@@ -78,6 +78,7 @@ class RDE:
         seed: SeedSpec = 0,
         show_progress: bool = False,
         callback: StepCallback | None = None,
+        record_signals: bool = False,
     ) -> Explanation:
         """Optimize one mask per image.
 
@@ -93,6 +94,9 @@ class RDE:
                 depend on batching). Default: 0.
             show_progress: show a progress bar over steps.
             callback: called after every step as ``callback(step, mask, losses)``.
+            record_signals: also return, per mask entry, what the optimizer saw (:data:`rde.explanation.SIGNAL_KEYS` in
+                :attr:`Explanation.signals`): Adam's moments at the end and the mean and standard deviation over
+                the steps of the noisy gradients it was given. Off by default (then nothing is recorded).
 
         Returns:
             An :class:`~rde.explanation.Explanation`.
@@ -141,6 +145,10 @@ class RDE:
         history = {k: torch.zeros(batch, steps, device=device) for k in HISTORY_KEYS}
         distortion_fn = get_distortion(cfg.distortion)
         loss_scale = LossScale(cfg.precision)
+        grad_sum = grad_sq = None
+        if record_signals:  # float64 sums: the gradients' spread is a small difference of large sums
+            grad_sum = torch.zeros(initial.shape, dtype=torch.float64, device=device)
+            grad_sq = torch.zeros_like(grad_sum)
 
         for step in tqdm(range(steps), desc=f"{self.method} x{batch}", disable=not show_progress, leave=False):
             samples = noise.sample(cfg.num_samples, generators)
@@ -160,6 +168,10 @@ class RDE:
             sparsity, spatial = self._regularizers(rep, grey_coefficients, mask)
             regularizer = cfg.lam * sparsity + cfg.spatial_weight * spatial
             regularizer.sum().backward()
+            if record_signals:
+                g = mask.grad.detach().double()
+                grad_sum += g
+                grad_sq += g.square()
             optimizer.step()
             with torch.no_grad():
                 mask.clamp_(0.0, 1.0)
@@ -198,6 +210,7 @@ class RDE:
                 "channels_last": self._use_channels_last(device),
             },
             class_names=[self.classifier.class_name(int(t)) for t in targets],
+            signals=_signals(optimizer, mask, grad_sum, grad_sq, steps) if record_signals else None,
         )
 
     def predict_probabilities(self, images: Tensor, mask: Tensor, num_samples: int, seed: SeedSpec = 0) -> Tensor:
@@ -217,8 +230,9 @@ class RDE:
     ) -> dict[str, Tensor]:
         """The RDE objective of ``mask`` on ``images``, differentiable w.r.t. ``mask`` (and nothing else).
 
-        Returns ``(B,)`` tensors ``loss``, ``distortion``, ``sparsity``, ``spatial`` and ``target_logprob``
-        (mean over samples of log p_target(obfuscation) minus log p_target(image), <= 0 when the class fades).
+        Returns ``(B,)`` tensors ``loss``, ``distortion``, ``sparsity``, ``spatial``, ``target_logprob``
+        (mean over samples of log p_target(obfuscation) minus log p_target(image), <= 0 when the class fades) and
+        ``kept`` (mean over samples of p_target(obfuscation), over p_target(image): what a guard checks).
         Used to train amortized initializers on the exact objective and to score predicted masks.
         """
         check_images(images)
@@ -240,7 +254,8 @@ class RDE:
         distortion = get_distortion(cfg.distortion)(reference, logits, targets).mean(1)
         sparsity, spatial = self._regularizers(rep, grey_coefficients, mask)
         index = targets.view(batch, 1, 1).expand(batch, num_samples, 1)
-        logp = logits.log_softmax(-1).gather(-1, index).squeeze(-1).mean(1)
+        logp_samples = logits.log_softmax(-1).gather(-1, index).squeeze(-1)
+        logp = logp_samples.mean(1)
         ref_logp = reference_logits.log_softmax(-1).gather(1, targets[:, None]).squeeze(1)
         return {
             "loss": distortion + cfg.lam * sparsity + cfg.spatial_weight * spatial,
@@ -248,6 +263,7 @@ class RDE:
             "sparsity": sparsity,
             "spatial": spatial,
             "target_logprob": logp - ref_logp,
+            "kept": logp_samples.exp().mean(1) / ref_logp.exp().clamp_min(1e-12),
         }
 
     # -- internals --------------------------------------------------------------------------------------
@@ -330,6 +346,20 @@ class PixelRDE(RDE):
 
     representation_kind = "pixel"
     method = "pixel-rde"
+
+
+def _signals(optimizer: torch.optim.Adam, mask: Tensor, grad_sum: Tensor, grad_sq: Tensor, steps: int) -> dict[str, Tensor]:
+    """Adam's moments of ``mask`` (zeros before any step) and the mean and population std of its gradients."""
+    state = optimizer.state.get(mask, {})
+    zeros = torch.zeros_like(mask.detach())
+    mean = grad_sum / max(steps, 1)
+    std = (grad_sq / max(steps, 1) - mean.square()).clamp_min(0.0).sqrt()
+    return {
+        "exp_avg": state.get("exp_avg", zeros).detach().clone(),
+        "exp_avg_sq": state.get("exp_avg_sq", zeros).detach().clone(),
+        "grad_mean": mean.float(),
+        "grad_std": std.float(),
+    }
 
 
 def _per_image(value: int | Sequence[int], batch: int, name: str) -> list[int]:

@@ -15,6 +15,9 @@ from rde.errors import InputError
 from rde.layout import MaskLayout
 
 HISTORY_KEYS = ("loss", "distortion", "sparsity", "spatial")
+SIGNAL_KEYS = ("exp_avg", "exp_avg_sq", "grad_mean", "grad_std")
+"""What the optimizer saw, per mask entry (``explain(record_signals=True)``): Adam's first and second moments after
+the last step, and the mean and standard deviation over the steps of the gradients Adam was given."""
 
 
 @dataclass
@@ -33,6 +36,7 @@ class Explanation:
         layout: the mask layout.
         config: the full optimizer configuration (preset, init, seeds, classifier name).
         class_names: the predicted class's name per image.
+        signals: ``None``, or (``explain(record_signals=True)``) ``(B, k)`` tensors named :data:`SIGNAL_KEYS`.
     """
 
     mask: Tensor
@@ -45,6 +49,7 @@ class Explanation:
     layout: MaskLayout
     config: dict[str, Any] = field(default_factory=dict)
     class_names: list[str] = field(default_factory=list)
+    signals: dict[str, Tensor] | None = None
 
     def __post_init__(self) -> None:
         b = self.mask.shape[0]
@@ -55,6 +60,10 @@ class Explanation:
         missing = set(HISTORY_KEYS) - set(self.history)
         if missing:
             raise InputError(f"Explanation.history lacks {sorted(missing)}")
+        if self.signals is not None:
+            bad = [k for k in SIGNAL_KEYS if k not in self.signals or self.signals[k].shape != self.mask.shape]
+            if bad:
+                raise InputError(f"Explanation.signals must hold {SIGNAL_KEYS} shaped like the mask; wrong: {bad}")
         if self.mask.numel() and (self.mask.min() < 0 or self.mask.max() > 1):
             raise InputError("Explanation.mask must lie in [0, 1]")
 
@@ -84,6 +93,7 @@ class Explanation:
             layout=self.layout,
             config=self.config,
             class_names=self.class_names[sl],
+            signals=None if self.signals is None else {k: v[sl] for k, v in self.signals.items()},
         )
 
     def save(self, path: str | Path, index: int = 0) -> tuple[Path, Path]:

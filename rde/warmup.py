@@ -27,7 +27,8 @@ from torch import Tensor
 
 from rde.distortion import BARRIER_SUFFIX
 from rde.errors import InputError
-from rde.init import InitSpec, parse_init
+from rde.explanation import SIGNAL_KEYS, Explanation
+from rde.init import InitSpec, make_initial_mask, parse_init
 from rde.start import Start, StartFn, steps_of_passes
 
 if TYPE_CHECKING:
@@ -133,19 +134,74 @@ class WarmStart:
     def warm(self, images: Tensor, init: InitSpec, target: Tensor | None = None) -> Start:
         """Run the warm-up from ``init`` (any init :meth:`RDE.explain` takes), then its pruning phase; the start's
         cost is the warm-up's alone."""
+        return self._run(images, init, target, record=False)[0]
+
+    def warm_with_signals(self, images: Tensor, init: InitSpec, target: Tensor | None = None
+                          ) -> tuple[Start, WarmupSignals]:
+        """:meth:`warm` (the same start, bit for bit) and what its two phases saw, per mask entry
+        (:class:`WarmupSignals`: what a second stage reads to correct the start)."""
+        start, signals = self._run(images, init, target, record=True)
+        assert signals is not None
+        return start, signals
+
+    def _run(self, images: Tensor, init: InitSpec, target: Tensor | None, record: bool
+             ) -> tuple[Start, WarmupSignals | None]:
         w = self.warmup
         seed = (self.seed + WARMUP_SEED_OFFSET) % 2**63
-        run = self._warm.explain(images, target=target, init=init, steps=w.steps, seed=seed)
+        run = self._warm.explain(images, target=target, init=init, steps=w.steps, seed=seed, record_signals=record)
         mask = run.mask
         pruned = torch.zeros(len(images), dtype=torch.bool, device=mask.device)
+        prune_signals = {k: torch.zeros_like(mask) for k in SIGNAL_KEYS} if record else None
         if w.steps and w.prune_steps:
             pruned = run.target_probs >= w.prune_min_prob
             rows = pruned.nonzero().squeeze(1)
             if len(rows):  # an int seed gives every image the same noise, so the subset's masks do not depend on it
                 seed = (self.seed + PRUNE_SEED_OFFSET) % 2**63
                 mask = mask.clone()
-                mask[rows] = self._prune.explain(images[rows], target=run.targets[rows], init=mask[rows],
-                                                 steps=w.prune_steps, seed=seed).mask
-        pruned = pruned.cpu()
-        cost = w.cost(self.explainer.config.num_samples, pruned)
-        return Start(mask, cost, pruned, torch.zeros(len(images), dtype=torch.long))
+                phase = self._prune.explain(images[rows], target=run.targets[rows], init=mask[rows],
+                                            steps=w.prune_steps, seed=seed, record_signals=record)
+                mask[rows] = phase.mask
+                if record:
+                    for k in SIGNAL_KEYS:
+                        prune_signals[k][rows] = phase.signals[k]
+        cost = w.cost(self.explainer.config.num_samples, pruned.cpu())
+        start = Start(mask, cost, pruned.cpu(), torch.zeros(len(images), dtype=torch.long))
+        if not record:
+            return start, None
+        signals = WarmupSignals(
+            before=_initial_mask(init, run),
+            warmed=run.mask, pruned_mask=mask, warmup=run.signals, prune=prune_signals,
+            target_probs=run.target_probs, targets=run.targets,
+        )
+        return start, signals
+
+
+@dataclasses.dataclass(frozen=True)
+class WarmupSignals:
+    """What a warm-up saw, per mask entry, for a batch of B images; every tensor is ``(B, k)`` unless said.
+
+    Attributes:
+        before: the mask the warm-up started from.
+        warmed: the mask after the warm-up.
+        pruned_mask: the mask after the pruning phase (``warmed`` where it did not run): the start's mask.
+        warmup: the warm-up's :data:`rde.explanation.SIGNAL_KEYS` (Adam's moments at its end, the mean and
+            std of its noisy gradients).
+        prune: the pruning phase's, zeros for the images it did not run on (``Start.pruned``).
+        target_probs: ``(B,)`` the explained class's probability on the clean image.
+        targets: ``(B,)`` the explained classes.
+    """
+
+    before: Tensor
+    warmed: Tensor
+    pruned_mask: Tensor
+    warmup: dict[str, Tensor]
+    prune: dict[str, Tensor]
+    target_probs: Tensor
+    targets: Tensor
+
+
+def _initial_mask(init: InitSpec, run: Explanation) -> Tensor:
+    """The mask a warm-up run started from (a mask, a Start, ``ones`` or ``const:C``: the deterministic inits)."""
+    if isinstance(init, str) and parse_init(init)[0] not in ("ones", "const"):
+        raise InputError(f"warm-up signals need a mask, a Start, 'ones' or 'const:C' to start from, got {init!r}")
+    return make_initial_mask(init, run.layout, len(run), run.mask.device, generators=[])

@@ -13,7 +13,7 @@ import torch
 from amortized.checkpoint import CheckpointMismatchError, check_compatible, export_checkpoint, read_initializer
 from amortized.initializer import LearnedStart
 from amortized.policy import Guard, StartPolicy
-from rde import CartoonX, MaskLayout, create_classifier, load_preset
+from rde import CartoonX, InputError, MaskLayout, create_classifier, load_preset
 from rde.start import Start
 from rde.warmup import Warmup, WarmStart
 
@@ -241,7 +241,7 @@ def test_older_files_read_as_ones_without_what_their_format_lacked(tmp_path, tin
 
     out = export_checkpoint(tiny_checkpoint, tmp_path / "shipped.pt", policy=StartPolicy(Warmup(steps=7, num_samples=1)))
     payload = torch.load(out, weights_only=True)
-    assert payload["format_version"] == FORMAT_VERSION == 4
+    assert payload["format_version"] == FORMAT_VERSION == 5 and payload["refiner"] is None
     payload["format_version"] = 3  # the bundled initializer of 2026-11-27: a warm-up without pruning, no shrinks
     torch.save(payload, tmp_path / "v3.pt")
     v3 = LearnedStart.for_explainer(tiny_explainer, tmp_path / "v3.pt").policy
@@ -313,3 +313,82 @@ def test_bundled_initializer_starts_a_real_photo_below_ones():
     refined = explainer.explain(images, init=start, steps=5).history["loss"][0, -1]
     ones = explainer.explain(images, init="ones", steps=5).history["loss"][0, -1]
     assert float(refined) < 0.75 * float(ones), (float(refined), float(ones))
+
+
+def refiner_checkpoint(tmp_path, tiny_checkpoint, explainer, value: float, mode: str = "select"):
+    """An exported checkpoint whose refiner opens its gate everywhere and outputs ``sigmoid(value)``."""
+    from amortized.checkpoint import refiner_entry
+    from amortized.refiner import Refiner
+
+    refiner = Refiner(num_scales=len(explainer.representation(64, 64, torch.device("cpu")).layout.scales), width=4)
+    with torch.no_grad():
+        refiner.head.weight.zero_()
+        refiner.head.bias.copy_(torch.tensor([40.0, value]))
+    path = tmp_path / f"refined-{value}-{mode}.pt"
+    policy = StartPolicy(Warmup(steps=2, num_samples=1, prune_steps=2, prune_min_prob=0.0), NO_GUARD)
+    export_checkpoint(tiny_checkpoint, path, policy=policy,
+                      refiner=refiner_entry(refiner.config, refiner.state_dict(), mode, samples=3))
+    return path
+
+
+@pytest.mark.parametrize("value", [-40.0, 40.0], ids=["empty", "full"])
+def test_the_refiner_selection_keeps_the_lower_objective_and_is_charged(tmp_path, tiny_checkpoint, tiny_explainer, value):
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    path = refiner_checkpoint(tmp_path, tiny_checkpoint, tiny_explainer, value)
+    start_fn = LearnedStart.for_explainer(tiny_explainer, path)
+    assert start_fn.refine == "select" and start_fn.refiner_samples == 3
+    plain = LearnedStart.for_explainer(tiny_explainer, path, refine="off")(images)
+    always = LearnedStart.for_explainer(tiny_explainer, path, refine="always")(images)
+    chosen = start_fn(images)
+    candidate = torch.full_like(plain.mask, 0.0 if value < 0 else 1.0)
+    torch.testing.assert_close(always.mask, candidate, atol=1e-12, rtol=0)
+    targets = tiny_explainer.classifier(images).argmax(-1)
+    losses = [tiny_explainer.objective(images, m, targets, 3, seed=0)["loss"] for m in (plain.mask, candidate)]
+    expected = torch.where((losses[1] < losses[0])[:, None], candidate, plain.mask)
+    torch.testing.assert_close(chosen.mask, expected, atol=1e-12, rtol=0)
+    # unguarded: the probe, 2 + 2 steps of 1 copy, and (select only) two checks of 3 copies + the clean image
+    assert always.cost.tolist() == plain.cost.tolist() == [1 / 4 + 4 / 4] * 2
+    assert chosen.cost.tolist() == [1 / 4 + 4 / 4 + 2 * (3 + 1) / 4] * 2
+
+
+def test_the_selection_picks_each_candidate_where_its_objective_is_lower(tmp_path, tiny_checkpoint, tiny_explainer):
+    """An empty mask (loss: the distortion alone, <= 1) beats a warmed-up start at lambda 20; a full one (loss 20)
+    loses to it: so the two cases above take different branches."""
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    empty = LearnedStart.for_explainer(tiny_explainer, refiner_checkpoint(tmp_path, tiny_checkpoint, tiny_explainer, -40.0))
+    full = LearnedStart.for_explainer(tiny_explainer, refiner_checkpoint(tmp_path, tiny_checkpoint, tiny_explainer, 40.0))
+    assert float(empty(images).mask.max()) < 1e-12 and float(full(images).mask.min()) < 1.0
+
+
+def test_a_file_without_a_refiner_reads_as_one_and_the_bundled_start_loads(tmp_path, tiny_checkpoint, tiny_explainer):
+    path = refiner_checkpoint(tmp_path, tiny_checkpoint, tiny_explainer, 0.0)
+    payload = torch.load(path, weights_only=True)
+    assert payload["refiner"]["mode"] == "select"
+    del payload["refiner"]
+    payload["format_version"] = 4  # written before the refiner existed
+    torch.save(payload, tmp_path / "v4.pt")
+    old = LearnedStart.for_explainer(tiny_explainer, tmp_path / "v4.pt")
+    assert old.refiner is None and old.refine == "off" and read_initializer(tmp_path / "v4.pt")["refiner"] is None
+    assert read_initializer(_bundled())["refiner"] is None  # the shipped file (format 4) still loads
+    with pytest.raises(InputError, match="refine must be one of"):
+        LearnedStart.for_explainer(tiny_explainer, path, refine="sometimes")
+
+
+def _bundled():
+    from amortized.initializer import bundled_checkpoint
+
+    return bundled_checkpoint("efficientnet_lite0", "cpu")
+
+
+def test_the_selection_refuses_a_correction_the_guard_would_back_off_from(tmp_path, tiny_checkpoint, tiny_explainer):
+    """An empty mask has the lower objective (above) but keeps little of the class: with a guard it is not taken."""
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    start_fn = LearnedStart.for_explainer(tiny_explainer, refiner_checkpoint(tmp_path, tiny_checkpoint, tiny_explainer, -40.0))
+    inputs, start, signals = start_fn.warmed(images, signals=True)
+    targets = inputs.targets
+    kept = tiny_explainer.objective(images, torch.zeros_like(start.mask), targets, 3)["kept"]
+    start_fn.policy = StartPolicy(start_fn.policy.warmup, Guard(keep=float(kept.max()) + 1e-3))
+    chosen, took = start_fn.corrected(images, targets, start, signals, inputs.magnitude)
+    assert took.tolist() == [False, False] and torch.equal(chosen.mask, start.mask)
+    start_fn.policy = StartPolicy(start_fn.policy.warmup, Guard(keep=float(kept.min()) - 1e-3))
+    assert start_fn.corrected(images, targets, start, signals, inputs.magnitude)[1].tolist() == [True, True]

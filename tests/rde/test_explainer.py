@@ -485,3 +485,53 @@ def test_samples_per_call_below_the_batch_size_is_respected(tiny_classifier):
     sizes = clf.batch_sizes[1:]  # after the call on the images themselves
     # the distortion reference (3 images x a 2-sample chunk), then one step (3 images x 4 samples)
     assert max(sizes) <= 2 and sum(sizes) == 3 * 2 + 3 * 4
+
+
+def test_recorded_signals_match_a_hand_computed_adam():
+    """With zero noise and a reference-free distortion each step's gradient is the objective's gradient at the mask
+    the step starts from, so Adam's moments and the gradients' mean and spread can be computed by hand."""
+    steps, (b1, b2) = 5, (0.9, 0.999)
+    cx = CartoonX(Recording(), preset="tiny", obfuscation="zero", distortion="maximize-target", lr=0.05)
+    x = images(2)
+    masks = [torch.full((2, cx.representation(SIZE, SIZE, x.device).layout.num_entries), 0.6)]
+    res = cx.explain(x, init=masks[0], steps=steps, record_signals=True,
+                     callback=lambda step, mask, losses: masks.append(mask.clone()))
+    grads = []
+    for m in masks[:-1]:
+        m = m.clone().requires_grad_(True)
+        cx.objective(x, m, target=res.targets, num_samples=cx.config.num_samples)["loss"].sum().backward()
+        grads.append(m.grad.double())
+    first = second = torch.zeros_like(grads[0])
+    for g in grads:
+        first, second = b1 * first + (1 - b1) * g, b2 * second + (1 - b2) * g.square()
+    g = torch.stack(grads)
+    assert float(g.std(0).max()) > 1e-6  # the gradients changed along the run, so the spread is a real check
+    signals = res.signals
+    torch.testing.assert_close(signals["exp_avg"].double(), first, rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(signals["exp_avg_sq"].double(), second, rtol=1e-4, atol=1e-12)
+    torch.testing.assert_close(signals["grad_mean"].double(), g.mean(0), rtol=1e-4, atol=1e-9)
+    torch.testing.assert_close(signals["grad_std"].double(), g.std(0, unbiased=False), rtol=1e-3, atol=1e-7)
+    assert res[1].signals["exp_avg"].shape == (1, res.mask.shape[1])  # indexing keeps the signals
+
+
+def test_signals_are_off_by_default_and_recording_changes_nothing(tiny_classifier):
+    cx = CartoonX(tiny_classifier, preset="tiny")
+    plain = cx.explain(images(1), steps=3)
+    recorded = cx.explain(images(1), steps=3, record_signals=True)
+    assert plain.signals is None
+    assert torch.equal(plain.mask, recorded.mask) and torch.equal(plain.history["loss"], recorded.history["loss"])
+    none = cx.explain(images(1), steps=0, record_signals=True).signals  # no step: zero moments, zero gradients
+    assert all(float(v.abs().max()) == 0 for v in none.values())
+
+
+def test_objective_kept_is_the_guards_share_of_the_class_probability(tiny_classifier):
+    cx = CartoonX(tiny_classifier, preset="tiny")
+    x = images()
+    mask = torch.full((2, cx.representation(SIZE, SIZE, x.device).layout.num_entries), 0.3)
+    out = cx.objective(x, mask, num_samples=5, seed=[4, 5])
+    probs = cx.predict_probabilities(x, mask, 5, seed=[4, 5])  # the same noise: the same seeds and copies
+    clean = tiny_classifier(x).softmax(-1)
+    target = clean.argmax(-1, keepdim=True)
+    torch.testing.assert_close(out["kept"], (probs.gather(1, target) / clean.gather(1, target)).squeeze(1))
+    ones = cx.objective(x, torch.ones_like(mask), num_samples=5)["kept"]
+    torch.testing.assert_close(ones, torch.ones(2), atol=1e-5, rtol=0)  # all-ones: the image itself

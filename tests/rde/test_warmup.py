@@ -156,3 +156,32 @@ def test_a_start_that_warms_up_itself_is_not_warmed_up_twice(explainer):
         WarmStart(explainer, base=SelfWarming())
     SelfWarming.policy = SimpleNamespace(warmup=Warmup(steps=0))
     WarmStart(explainer, base=SelfWarming())  # a start without one is fine
+
+
+def test_warm_with_signals_is_the_same_start_and_reports_each_phase(explainer, images):
+    warmup = Warmup(steps=3, num_samples=2, lr=0.05, prune_steps=4, prune_lam=5.0, prune_min_prob=0.0)
+    warm = WarmStart(explainer, warmup, seed=3)
+    init = torch.full((2, 1), 0.7).expand(2, explainer.representation(64, 64, images.device).layout.num_entries)
+    start = warm.warm(images, init)
+    again, seen = warm.warm_with_signals(images, init)
+    assert torch.equal(start.mask, again.mask) and torch.equal(start.cost, again.cost)
+    assert torch.equal(seen.pruned_mask, start.mask) and torch.equal(seen.before, init)
+    config = explainer.config.replace(num_samples=2, lr=0.05, distortion="label+barrier")
+    first = CartoonX(explainer.classifier, config).explain(images, init=init, steps=3, seed=3 + WARMUP_SEED_OFFSET,
+                                                           record_signals=True)
+    assert torch.equal(seen.warmed, first.mask)
+    for k, v in first.signals.items():
+        torch.testing.assert_close(seen.warmup[k], v)
+    second = CartoonX(explainer.classifier, config.replace(lam=5.0 * explainer.config.lam)).explain(
+        images, init=first.mask, steps=4, seed=3 + PRUNE_SEED_OFFSET, record_signals=True)
+    for k, v in second.signals.items():
+        torch.testing.assert_close(seen.prune[k], v)
+    assert float(seen.prune["grad_std"].abs().max()) > 0
+
+
+def test_signals_of_an_unpruned_image_are_zero_in_the_pruning_phase(explainer, images):
+    warmup = Warmup(steps=2, num_samples=2, prune_steps=3, prune_min_prob=1.0)  # no class is that confident
+    start, seen = WarmStart(explainer, warmup)(images), WarmStart(explainer, warmup).warm_with_signals(images, "ones")[1]
+    assert start.pruned.tolist() == [False, False] and torch.equal(seen.pruned_mask, seen.warmed)
+    assert all(float(v.abs().max()) == 0 for v in seen.prune.values())
+    assert float(seen.warmup["exp_avg_sq"].max()) > 0 and torch.equal(seen.before, torch.ones_like(seen.before))
