@@ -75,7 +75,6 @@ def main() -> None:
         start = Start(signals.pruned_mask, torch.tensor([r["cost"]], dtype=torch.float64), torch.tensor([r["pruned"]]),
                       torch.zeros(1, dtype=torch.long))
         row = {"key": r["key"], "final_loss": r["final_loss"]}
-        runs: dict[str, tuple[Start, dict]] = {}
 
         def refine(name: str, candidate: Start) -> None:
             guarded = start_fn.guarded(x, target, probs, candidate)
