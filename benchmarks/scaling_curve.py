@@ -56,17 +56,30 @@ def train(n: int, steps: int, run_dir: Path, shards: Path) -> tuple[Path, dict]:
     """Train the recipe on n targets for ``steps`` optimizer steps; the last checkpoint and the logged val metrics."""
     import yaml
 
+    done = _finished(run_dir, steps)
+    if done is not None:  # trained before (e.g. a run stopped while measuring): nothing computed is redone
+        return done
     run_dir.mkdir(parents=True, exist_ok=True)
     overlay = run_dir / "overlay.yaml"
     overlay.write_text(yaml.safe_dump(_overlay(n, steps, run_dir, shards)))
     cmd = [sys.executable, "-m", "amortized", "train", "--config", "cpu", "--config", str(overlay)]
     with (run_dir / "train.log").open("w") as log:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
-    found = sorted(run_dir.glob("csv/version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(f"{run_dir}: training wrote no last.ckpt (see {run_dir / 'train.log'})")
-    metrics = sorted(run_dir.glob("csv/version_*/metrics.csv"), key=lambda p: p.stat().st_mtime)
-    return found[-1], _last_val_metrics(metrics[-1]) if metrics else {}
+    done = _finished(run_dir, steps)
+    if done is None:
+        raise FileNotFoundError(f"{run_dir}: training wrote no last.ckpt of {steps} steps (see {run_dir / 'train.log'})")
+    return done
+
+
+def _finished(run_dir: Path, steps: int) -> tuple[Path, dict] | None:
+    """The newest last.ckpt under ``run_dir`` that reached ``steps`` optimizer steps, with its run's val metrics."""
+    import torch
+
+    for ckpt in sorted(run_dir.glob("csv/version_*/checkpoints/last.ckpt"), key=lambda p: -p.stat().st_mtime):
+        if int(torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"]) >= steps:
+            metrics = ckpt.parent.parent / "metrics.csv"
+            return ckpt, _last_val_metrics(metrics) if metrics.exists() else {}
+    return None
 
 
 def _last_val_metrics(path: Path) -> dict:
@@ -112,6 +125,7 @@ def measure(initializer: Path, shards: Path, photos: int, steps: int = 30, seed:
     samples = val_samples(shards, photos)
     start_fn = LearnedStart.for_explainer(explainer, initializer, seed=seed)
     ratios, costs, lost, misses = {}, [], 0, []
+    per_photo = {}
     for s in samples:
         x, target = s["image"][None], torch.tensor([s["target"]])
         init = start_fn(x, target)
@@ -120,12 +134,16 @@ def measure(initializer: Path, shards: Path, photos: int, steps: int = 30, seed:
         costs.append(float(init.cost[0]))
         lost += int(collapsed(res.history["distortion"], res.target_probs)[0])
         misses.append(miss_rates(init.mask[0].detach(), s["mask"], layout))
+        per_photo[s["key"]] = {"ratio": round(ratios[s["key"]], 4), "cost": costs[-1],
+                               "collapsed": bool(collapsed(res.history["distortion"], res.target_probs)[0]),
+                               "miss": {str(j): None if math.isnan(v) else round(v, 4) for j, v in misses[-1].items()}}
+        print(f"  {s['key']}: fast {ratios[s['key']]:.3f}, cost {costs[-1]:.2f}", flush=True)
     per_level = {}
     for level in LEVELS:
         vals = [m[level] for m in misses if not math.isnan(m[level])]
         per_level[str(level)] = statistics.median(vals) if vals else None
     return {"photos": len(samples), "fast_metric": statistics.median(ratios.values()), "collapsed": lost,
-            "median_start_cost_steps": statistics.median(costs), "miss_rate": per_level, "ratios": ratios}
+            "median_start_cost_steps": statistics.median(costs), "miss_rate": per_level, "per_photo": per_photo}
 
 
 def run_point(n: int, args: argparse.Namespace) -> dict:
@@ -152,25 +170,45 @@ def read_rows(path: Path) -> list[dict]:
 
 
 # -- the fit and the figure -----------------------------------------------------------------------------
+PROBE_VAL_LOSS = {100: 0.103, 250: 0.073, 400: 0.069, 708: 0.064}  # issue 20's probe: val supervised loss, 92 photos
+
+
+def value(row: dict, key: str) -> float | None:
+    """``fast_metric``, or ``val_supervised``: the supervised loss on all val photos that training logged."""
+    return row.get("val", {}).get("val/supervised") if key == "val_supervised" else row.get(key)
+
+
+def photo_ratios(row: dict) -> list[float]:
+    return [p["ratio"] for p in row["per_photo"].values()] if "per_photo" in row else list(row["ratios"].values())
+
+
+def median_interval(values: list[float], level: float = 0.68, draws: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """A bootstrap interval of the median over photos (seeded): how much the photo sample alone moves it."""
+    rng = np.random.default_rng(seed)
+    meds = np.median(rng.choice(np.asarray(values), size=(draws, len(values))), axis=1)
+    return float(np.quantile(meds, (1 - level) / 2)), float(np.quantile(meds, (1 + level) / 2))
+
+
 def fit_power(n: np.ndarray, y: np.ndarray) -> dict:
     """y = a n^-b by least squares in log-log; residuals in log y."""
     slope, intercept = np.polyfit(np.log(n), np.log(y), 1)
-    pred = np.exp(intercept) * n ** slope
+    res = np.log(y) - np.log(np.exp(intercept) * n ** slope)
     return {"model": "a*n^-b", "a": float(np.exp(intercept)), "b": float(-slope), "c": 0.0,
-            "log_residuals": [float(r) for r in np.log(y) - np.log(pred)]}
+            "log_residuals": [float(r) for r in res], "sse": float(np.sum(res ** 2)), "dof": len(n) - 2}
 
 
 def fit_power_floor(n: np.ndarray, y: np.ndarray) -> dict:
-    """y = c + a n^-b: for each floor c on a grid below min(y), a log-log line through y - c; the best in log y."""
+    """y = c + a n^-b: for each floor c on a grid in [0, min(y)), a log-log line through y - c; the best in log y."""
     best = None
-    for c in np.linspace(0.0, float(y.min()) * 0.999, 400):
+    for c in np.linspace(0.0, float(y.min()) * 0.999, 1000):
         slope, intercept = np.polyfit(np.log(n), np.log(y - c), 1)
-        pred = c + np.exp(intercept) * n ** slope
-        sse = float(np.sum((np.log(y) - np.log(pred)) ** 2))
+        res = np.log(y) - np.log(c + np.exp(intercept) * n ** slope)
+        sse = float(np.sum(res ** 2))
         if best is None or sse < best[0]:
-            best = (sse, c, float(np.exp(intercept)), float(-slope), np.log(y) - np.log(pred))
-    _, c, a, b, res = best
-    return {"model": "c+a*n^-b", "a": a, "b": b, "c": float(c), "log_residuals": [float(r) for r in res]}
+            best = (sse, c, float(np.exp(intercept)), float(-slope), res)
+    sse, c, a, b, res = best
+    return {"model": "c+a*n^-b", "a": a, "b": b, "c": float(c), "log_residuals": [float(r) for r in res],
+            "sse": sse, "dof": len(n) - 3}
 
 
 def targets_for(fit: dict, level: float = ORACLE) -> float | None:
@@ -182,7 +220,7 @@ def targets_for(fit: dict, level: float = ORACLE) -> float | None:
 
 
 def fits(rows: list[dict], key: str = "fast_metric") -> dict:
-    pts = sorted((r["n"], r[key]) for r in rows if r.get(key) is not None)
+    pts = sorted((r["n"], value(r, key)) for r in rows if value(r, key) is not None)
     if len(pts) < 2:
         return {}
     n, y = (np.array(v, dtype=float) for v in zip(*pts))
@@ -190,6 +228,13 @@ def fits(rows: list[dict], key: str = "fast_metric") -> dict:
     if len(pts) >= 3:
         out["power_floor"] = fit_power_floor(n, y)
     return out
+
+
+def _fit_label(f: dict, reach: float | None, show_reach: bool = True) -> str:
+    label = f"{f['model']}: a={f['a']:.3g}, b={f['b']:.3g}" + (f", c={f['c']:.3g}" if f["c"] else "")
+    if show_reach:
+        label += f"; {ORACLE} at n≈{reach:.2g}" if reach else f"; never {ORACLE}"
+    return label
 
 
 def plot(rows: list[dict], dest: Path) -> None:
@@ -200,49 +245,65 @@ def plot(rows: list[dict], dest: Path) -> None:
 
     rows = sorted(rows, key=lambda r: r["n"])
     n = np.array([r["n"] for r in rows], dtype=float)
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.2))
-    ax.loglog(n, [r["fast_metric"] for r in rows], "o", color="C0", label="learned start (shipped policy)")
-    grid = np.geomspace(min(n.min(), 50), 1e5, 200)
+    fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(16, 4.6))
+    y = np.array([r["fast_metric"] for r in rows])
+    lo, hi = np.array([median_interval(photo_ratios(r)) for r in rows]).T
+    ax.errorbar(n, y, yerr=np.clip([y - lo, hi - y], 0, None), fmt="o", color="C0", capsize=3,
+                label="learned start, shipped policy (bootstrap 68 % of the median)")
+    grid = np.geomspace(50, 1e6, 200)
     for name, style in (("power", "--"), ("power_floor", ":")):
         f = fits(rows).get(name)
         if f:
-            reach = targets_for(f)
-            label = (f"{f['model']}: a={f['a']:.3g}, b={f['b']:.3g}" + (f", c={f['c']:.3g}" if f["c"] else "")
-                     + (f"; oracle at n≈{reach:.3g}" if reach else "; never reaches the oracle"))
-            ax.loglog(grid, f["c"] + f["a"] * grid ** -f["b"], style, color="C0", alpha=0.7, label=label)
+            ax.plot(grid, f["c"] + f["a"] * grid ** -f["b"], style, color="C0", alpha=0.7,
+                    label=_fit_label(f, targets_for(f)))
     ax.axhline(ORACLE, color="k", lw=1, label=f"the exact target as the start ({ORACLE})")
-    ax.set_xlabel("train targets n (same optimizer steps each)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("train targets n (440 optimizer steps each)")
     ax.set_ylabel("fast metric: loss@30 ÷ exact target's final loss")
-    ax.set_title(f"Fast metric on the first {rows[0]['photos']} val photos")
+    ax.set_title(f"Fast metric, first {rows[0]['photos']} val photos (median)")
     ax.legend(fontsize=7)
     for level in LEVELS:
         vals = [r["miss_rate"].get(str(level)) for r in rows]
         xs = [x for x, v in zip(n, vals) if v is not None]
-        bx.semilogx(xs, [v for v in vals if v is not None], "o-", label=f"level {level}")
+        bx.semilogx(xs, [v for v in vals if v is not None], "o-", label=f"level {level}" + (" (finest)" if level == 1 else ""))
     bx.set_xlabel("train targets n")
-    bx.set_ylabel("miss rate (target > 0.5, start < 0.5), median")
+    bx.set_ylabel("the target's kept (> 0.5) that the start has < 0.5")
     bx.set_ylim(0, 1)
-    bx.set_title("Which coefficients: the start's misses per wavelet level")
+    bx.set_title("Miss rate per wavelet level (median over photos)")
     bx.legend(fontsize=8)
+    vals = [(r["n"], value(r, "val_supervised")) for r in rows if value(r, "val_supervised") is not None]
+    if vals:
+        cx.loglog(*zip(*vals), "o", color="C1", label="this run (val supervised loss, 92 photos)")
+        f = fits(rows, "val_supervised").get("power")
+        if f:
+            cx.loglog(grid, f["a"] * grid ** -f["b"], "--", color="C1", alpha=0.7, label=_fit_label(f, None, False))
+    cx.loglog(list(PROBE_VAL_LOSS), list(PROBE_VAL_LOSS.values()), "x", color="k", label="issue 20's probe")
+    cx.set_xlabel("train targets n")
+    cx.set_ylabel("val supervised loss")
+    cx.set_title("Supervised loss at the end of training")
+    cx.legend(fontsize=7)
     fig.tight_layout()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(dest, dpi=110)
+    fig.savefig(dest, dpi=100)
     plt.close(fig)
 
 
 def report(rows: list[dict]) -> None:
     for r in sorted(rows, key=lambda r: r["n"]):
         miss = " / ".join("–" if r["miss_rate"][str(j)] is None else f"{r['miss_rate'][str(j)]:.2f}" for j in LEVELS)
-        val = "–" if r.get("val_loss") is None else f"{r['val_loss']:.4f}"
-        print(f"n={r['n']:4d} steps={r['optimizer_steps']} fast={r['fast_metric']:.3f} collapsed={r['collapsed']}/"
-              f"{r['photos']} cost={r['median_start_cost_steps']:.2f} val_loss={val} miss L1..5={miss} "
+        val = value(r, "val_supervised")
+        lo, hi = median_interval(photo_ratios(r))
+        print(f"n={r['n']:4d} steps={r['optimizer_steps']} fast={r['fast_metric']:.3f} ({lo:.3f}-{hi:.3f}) "
+              f"collapsed={r['collapsed']}/{r['photos']} cost={r['median_start_cost_steps']:.2f} "
+              f"val_supervised={'–' if val is None else f'{val:.4f}'} miss L1..5={miss} "
               f"train {r['train_seconds']}s measure {r['measure_seconds']}s")
-    for key in ("fast_metric", "val_loss"):
-        for name, f in fits(rows, key).items():
-            reach = targets_for(f) if key == "fast_metric" else None
-            print(f"fit {key} {f['model']}: a={f['a']:.4g} b={f['b']:.4g} c={f['c']:.4g} log residuals "
-                  f"{[round(x, 3) for x in f['log_residuals']]}"
-                  + (f"; reaches {ORACLE} at n={reach:.3g}" if reach else "; never reaches" if key == "fast_metric" else ""))
+    for key in ("fast_metric", "val_supervised"):
+        for f in fits(rows, key).values():
+            reach = targets_for(f)
+            print(f"fit {key} {f['model']}: a={f['a']:.4g} b={f['b']:.4g} c={f['c']:.4g} sse={f['sse']:.4g} "
+                  f"dof={f['dof']} log residuals {[round(x, 3) for x in f['log_residuals']]}"
+                  + ("" if key != "fast_metric" else f"; reaches {ORACLE} at n={reach:.3g}" if reach else "; never reaches"))
 
 
 def main() -> None:
