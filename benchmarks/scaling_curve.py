@@ -14,6 +14,7 @@ n (a power law, and a power law plus floor) and draws the figure from the JSON l
 
     nice -n 10 env OMP_NUM_THREADS=1 python benchmarks/scaling_curve.py --out outputs/scaling
     python benchmarks/scaling_curve.py --out outputs/scaling --plot-only    # the fit and figure from the JSON lines
+    python benchmarks/scaling_curve.py --out outputs/scaling --n '' --reference bundled   # the shipped file, measured alike
 """
 
 from __future__ import annotations
@@ -237,7 +238,13 @@ def _fit_label(f: dict, reach: float | None, show_reach: bool = True) -> str:
     return label
 
 
-def plot(rows: list[dict], dest: Path) -> None:
+def _reference_path(text: str) -> Path:
+    from amortized.initializer import bundled_checkpoint
+
+    return bundled_checkpoint("efficientnet_lite0", "cpu") if text == "bundled" else Path(text)
+
+
+def plot(rows: list[dict], dest: Path, refs: list[dict] = ()) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -256,6 +263,8 @@ def plot(rows: list[dict], dest: Path) -> None:
         if f:
             ax.plot(grid, f["c"] + f["a"] * grid ** -f["b"], style, color="C0", alpha=0.7,
                     label=_fit_label(f, targets_for(f)))
+    for r in refs:
+        ax.plot([708], [r["fast_metric"]], "*", ms=11, color="C3", label=f"{Path(r['initializer']).name} (708, shipped)")
     ax.axhline(ORACLE, color="k", lw=1, label=f"the exact target as the start ({ORACLE})")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -266,7 +275,11 @@ def plot(rows: list[dict], dest: Path) -> None:
     for level in LEVELS:
         vals = [r["miss_rate"].get(str(level)) for r in rows]
         xs = [x for x, v in zip(n, vals) if v is not None]
-        bx.semilogx(xs, [v for v in vals if v is not None], "o-", label=f"level {level}" + (" (finest)" if level == 1 else ""))
+        line, = bx.semilogx(xs, [v for v in vals if v is not None], "o-",
+                            label=f"level {level}" + (" (finest)" if level == 1 else ""))
+        for r in refs:
+            if r["miss_rate"].get(str(level)) is not None:
+                bx.plot([708], [r["miss_rate"][str(level)]], "*", ms=10, color=line.get_color())
     bx.set_xlabel("train targets n")
     bx.set_ylabel("the target's kept (> 0.5) that the start has < 0.5")
     bx.set_ylim(0, 1)
@@ -295,7 +308,7 @@ def report(rows: list[dict]) -> None:
         val = value(r, "val_supervised")
         lo, hi = median_interval(photo_ratios(r))
         print(f"n={r['n']:4d} steps={r['optimizer_steps']} fast={r['fast_metric']:.3f} ({lo:.3f}-{hi:.3f}) "
-              f"collapsed={r['collapsed']}/{r['photos']} cost={r['median_start_cost_steps']:.2f} "
+              f"collapsed={r['collapsed']}/{r['photos']} above 2: {sum(x > 2 for x in photo_ratios(r))} cost={r['median_start_cost_steps']:.2f} "
               f"val_supervised={'–' if val is None else f'{val:.4f}'} miss L1..5={miss} "
               f"train {r['train_seconds']}s measure {r['measure_seconds']}s")
     for key in ("fast_metric", "val_supervised"):
@@ -316,6 +329,8 @@ def main() -> None:
     p.add_argument("--jsonl", type=Path, help="results, one JSON line per n (default: OUT/results.jsonl)")
     p.add_argument("--figure", type=Path, default=Path("docs/figures/scaling-curve.png"))
     p.add_argument("--plot-only", action="store_true", help="no training: fit and draw from the JSON lines")
+    p.add_argument("--reference", help="also measure this initializer file the same way ('bundled': the shipped one), "
+                   "once, into OUT/reference.jsonl; drawn as a star at n=708")
     args = p.parse_args()
     args.shards = args.shards.resolve()
     jsonl = args.jsonl or args.out / "results.jsonl"
@@ -335,10 +350,26 @@ def main() -> None:
             with jsonl.open("a") as f:
                 f.write(json.dumps(row) + "\n")
             print(f"n={n}: fast metric {row['fast_metric']:.3f}, miss {row['miss_rate']}", flush=True)
+    ref_jsonl = args.out / "reference.jsonl"
+    if args.reference and not args.plot_only:
+        path = _reference_path(args.reference)
+        if any(r["initializer"] == str(path) and r["photos"] == args.photos for r in read_rows(ref_jsonl)):
+            print(f"reference {path}: done, skipped")
+        else:
+            t0 = time.perf_counter()
+            ref = {**measure(path, args.shards, args.photos), "initializer": str(path),
+                   "measure_seconds": round(time.perf_counter() - t0)}
+            with ref_jsonl.open("a") as f:
+                f.write(json.dumps(ref) + "\n")
     rows = [r for r in read_rows(jsonl) if r["step_budget"] == args.steps and r["photos"] == args.photos]
+    refs = [r for r in read_rows(ref_jsonl) if r["photos"] == args.photos]
+    for r in refs:
+        print(f"reference {r['initializer']}: fast {r['fast_metric']:.3f} collapsed {r['collapsed']}/{r['photos']} "
+              f"above 2: {sum(x > 2 for x in photo_ratios(r))} cost {r['median_start_cost_steps']:.2f} miss L1..5 "
+              + " / ".join("–" if r["miss_rate"][str(j)] is None else f"{r['miss_rate'][str(j)]:.2f}" for j in LEVELS))
     if rows:
         report(rows)
-        plot(rows, args.figure)
+        plot(rows, args.figure, refs)
         print(f"wrote {args.figure}")
 
 
