@@ -212,12 +212,38 @@ def fit_power_floor(n: np.ndarray, y: np.ndarray) -> dict:
             "sse": sse, "dof": len(n) - 3}
 
 
+def photo_keys_ratios(row: dict) -> dict[str, float]:
+    return {k: p["ratio"] for k, p in row["per_photo"].items()} if "per_photo" in row else dict(row["ratios"])
+
+
+def slope_interval(rows: list[dict], draws: int = 2000, seed: int = 0) -> dict:
+    """The power law's exponent b and the n where it reaches the oracle, over bootstrap draws of the photos (the
+    same draw for every n, as every n is measured on the same photos): how far the photo sample alone moves them."""
+    per_n = sorted((r["n"], photo_keys_ratios(r)) for r in rows)
+    keys = sorted(set.intersection(*(set(d) for _, d in per_n)))
+    n = np.array([x for x, _ in per_n], dtype=float)
+    table = np.array([[d[k] for k in keys] for _, d in per_n])  # (len(n), photos)
+    rng = np.random.default_rng(seed)
+    bs, reach = [], []
+    for _ in range(draws):
+        pick = rng.integers(0, len(keys), len(keys))
+        f = fit_power(n, np.median(table[:, pick], axis=1))
+        bs.append(f["b"])
+        reach.append(targets_for(f) or math.inf)
+    q = (0.16, 0.5, 0.84)
+    return {"b": [float(x) for x in np.quantile(bs, q)], "n_oracle": [float(x) for x in np.quantile(reach, q)],
+            "p_no_gain": float(np.mean(np.array(bs) <= 0)), "photos": len(keys)}
+
+
 def targets_for(fit: dict, level: float = ORACLE) -> float | None:
     """n at which the fitted curve reaches ``level`` (None: never, it levels off above it or does not fall)."""
     a, b, c = fit["a"], fit["b"], fit["c"]
     if b <= 0 or level <= c:
         return None
-    return float(((level - c) / a) ** (-1 / b))
+    try:
+        return float(((level - c) / a) ** (-1 / b))
+    except OverflowError:  # a nearly flat curve: beyond any float
+        return math.inf
 
 
 def fits(rows: list[dict], key: str = "fast_metric") -> dict:
@@ -257,7 +283,7 @@ def plot(rows: list[dict], dest: Path, refs: list[dict] = ()) -> None:
     lo, hi = np.array([median_interval(photo_ratios(r)) for r in rows]).T
     ax.errorbar(n, y, yerr=np.clip([y - lo, hi - y], 0, None), fmt="o", color="C0", capsize=3,
                 label="learned start, shipped policy (bootstrap 68 % of the median)")
-    grid = np.geomspace(50, 1e6, 200)
+    grid = np.geomspace(50, 1e7, 200)
     for name, style in (("power", "--"), ("power_floor", ":")):
         f = fits(rows).get(name)
         if f:
@@ -288,9 +314,11 @@ def plot(rows: list[dict], dest: Path, refs: list[dict] = ()) -> None:
     vals = [(r["n"], value(r, "val_supervised")) for r in rows if value(r, "val_supervised") is not None]
     if vals:
         cx.loglog(*zip(*vals), "o", color="C1", label="this run (val supervised loss, 92 photos)")
-        f = fits(rows, "val_supervised").get("power")
-        if f:
-            cx.loglog(grid, f["a"] * grid ** -f["b"], "--", color="C1", alpha=0.7, label=_fit_label(f, None, False))
+        for name, style in (("power", "--"), ("power_floor", ":")):
+            f = fits(rows, "val_supervised").get(name)
+            if f:
+                cx.loglog(grid, f["c"] + f["a"] * grid ** -f["b"], style, color="C1", alpha=0.7,
+                          label=_fit_label(f, None, False))
     cx.loglog(list(PROBE_VAL_LOSS), list(PROBE_VAL_LOSS.values()), "x", color="k", label="issue 20's probe")
     cx.set_xlabel("train targets n")
     cx.set_ylabel("val supervised loss")
@@ -311,6 +339,11 @@ def report(rows: list[dict]) -> None:
               f"collapsed={r['collapsed']}/{r['photos']} above 2: {sum(x > 2 for x in photo_ratios(r))} cost={r['median_start_cost_steps']:.2f} "
               f"val_supervised={'–' if val is None else f'{val:.4f}'} miss L1..5={miss} "
               f"train {r['train_seconds']}s measure {r['measure_seconds']}s")
+    if len(rows) >= 3:
+        si = slope_interval(rows)
+        print(f"fast metric power law over bootstrap draws of the {si['photos']} photos: b {si['b'][1]:.3f} "
+              f"({si['b'][0]:.3f}-{si['b'][2]:.3f}, 16-84 %), b <= 0 in {si['p_no_gain']:.0%} of draws; n at {ORACLE}: "
+              f"{si['n_oracle'][1]:.3g} ({si['n_oracle'][0]:.3g}-{si['n_oracle'][2]:.3g})")
     for key in ("fast_metric", "val_supervised"):
         for f in fits(rows, key).values():
             reach = targets_for(f)
