@@ -320,7 +320,8 @@ def mask_pipeline(
         stages += [wds.split_by_node, wds.split_by_worker]
     if shuffle:
         stages.append(wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed))
-    stages += [wds.tarfile_to_samples(), wds.select(functools.partial(_key_in_split, split=split, fraction=val_fraction, keys=keys))]
+    in_part = functools.partial(_key_in_split, split=split, fraction=val_fraction, keys=keys)
+    stages += [wds.tarfile_to_samples(), wds.select(in_part)]
     if plan.mode == "samples":
         stages.append(wds.pipelinefilter(_split_samples)())
     if shuffle:

@@ -14,7 +14,7 @@ n (a power law, and a power law plus floor) and draws the figure from the JSON l
 
     nice -n 10 env OMP_NUM_THREADS=1 python benchmarks/scaling_curve.py --out outputs/scaling
     python benchmarks/scaling_curve.py --out outputs/scaling --plot-only    # the fit and figure from the JSON lines
-    python benchmarks/scaling_curve.py --out outputs/scaling --n '' --reference bundled   # the shipped file, measured alike
+    python benchmarks/scaling_curve.py --out outputs/scaling --n '' --reference bundled   # the shipped file alike
 """
 
 from __future__ import annotations
@@ -29,8 +29,14 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from rde import MaskLayout
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's packages, not an installed one
 
@@ -68,7 +74,8 @@ def train(n: int, steps: int, run_dir: Path, shards: Path) -> tuple[Path, dict]:
         subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT)
     done = _finished(run_dir, steps)
     if done is None:
-        raise FileNotFoundError(f"{run_dir}: training wrote no last.ckpt of {steps} steps (see {run_dir / 'train.log'})")
+        raise FileNotFoundError(f"{run_dir}: training wrote no last.ckpt of {steps} steps "
+                                f"(see {run_dir / 'train.log'})")
     return done
 
 
@@ -101,7 +108,7 @@ def export(ckpt: Path, dest: Path) -> None:
     export_checkpoint(ckpt, dest, policy=StartPolicy())
 
 
-def miss_rates(start: "torch.Tensor", target: "torch.Tensor", layout) -> dict[int, float]:
+def miss_rates(start: Tensor, target: Tensor, layout: MaskLayout) -> dict[int, float]:
     """Per level: the fraction of the target's coefficients above 0.5 that the start has below 0.5 (NaN: none)."""
     out = {}
     for level in LEVELS:
@@ -290,7 +297,8 @@ def plot(rows: list[dict], dest: Path, refs: list[dict] = ()) -> None:
             ax.plot(grid, f["c"] + f["a"] * grid ** -f["b"], style, color="C0", alpha=0.7,
                     label=_fit_label(f, targets_for(f)))
     for r in refs:
-        ax.plot([708], [r["fast_metric"]], "*", ms=11, color="C3", label=f"{Path(r['initializer']).name} (708, shipped)")
+        ax.plot([708], [r["fast_metric"]], "*", ms=11, color="C3",
+                label=f"{Path(r['initializer']).name} (708, shipped)")
     ax.axhline(ORACLE, color="k", lw=1, label=f"the exact target as the start ({ORACLE})")
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -330,13 +338,18 @@ def plot(rows: list[dict], dest: Path, refs: list[dict] = ()) -> None:
     plt.close(fig)
 
 
+def _misses(row: dict) -> str:
+    return " / ".join("–" if row["miss_rate"][str(j)] is None else f"{row['miss_rate'][str(j)]:.2f}" for j in LEVELS)
+
+
 def report(rows: list[dict]) -> None:
     for r in sorted(rows, key=lambda r: r["n"]):
-        miss = " / ".join("–" if r["miss_rate"][str(j)] is None else f"{r['miss_rate'][str(j)]:.2f}" for j in LEVELS)
+        miss = _misses(r)
         val = value(r, "val_supervised")
         lo, hi = median_interval(photo_ratios(r))
         print(f"n={r['n']:4d} steps={r['optimizer_steps']} fast={r['fast_metric']:.3f} ({lo:.3f}-{hi:.3f}) "
-              f"collapsed={r['collapsed']}/{r['photos']} above 2: {sum(x > 2 for x in photo_ratios(r))} cost={r['median_start_cost_steps']:.2f} "
+              f"collapsed={r['collapsed']}/{r['photos']} above 2: {sum(x > 2 for x in photo_ratios(r))} "
+              f"cost={r['median_start_cost_steps']:.2f} "
               f"val_supervised={'–' if val is None else f'{val:.4f}'} miss L1..5={miss} "
               f"train {r['train_seconds']}s measure {r['measure_seconds']}s")
     if len(rows) >= 3:
@@ -349,7 +362,8 @@ def report(rows: list[dict]) -> None:
             reach = targets_for(f)
             print(f"fit {key} {f['model']}: a={f['a']:.4g} b={f['b']:.4g} c={f['c']:.4g} sse={f['sse']:.4g} "
                   f"dof={f['dof']} log residuals {[round(x, 3) for x in f['log_residuals']]}"
-                  + ("" if key != "fast_metric" else f"; reaches {ORACLE} at n={reach:.3g}" if reach else "; never reaches"))
+                  + ("" if key != "fast_metric" else
+                     f"; reaches {ORACLE} at n={reach:.3g}" if reach else "; never reaches"))
 
 
 def main() -> None:
@@ -399,7 +413,7 @@ def main() -> None:
     for r in refs:
         print(f"reference {r['initializer']}: fast {r['fast_metric']:.3f} collapsed {r['collapsed']}/{r['photos']} "
               f"above 2: {sum(x > 2 for x in photo_ratios(r))} cost {r['median_start_cost_steps']:.2f} miss L1..5 "
-              + " / ".join("–" if r["miss_rate"][str(j)] is None else f"{r['miss_rate'][str(j)]:.2f}" for j in LEVELS))
+              + _misses(r))
     if rows:
         report(rows)
         plot(rows, args.figure, refs)
