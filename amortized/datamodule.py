@@ -7,6 +7,7 @@ sample is ever read twice in an epoch, and every DDP rank gets the same number o
 Every sample is checked as it is read (:func:`amortized.shards.sample_problems`): a bad one is named in
 one warning line and skipped, never trained on. Several shard directories (e.g. targets made on different
 machines or at another precision) are read as one data set when their masks share a layout and classifier.
+``train_limit`` trains on a fixed subset of the train split (:func:`train_subset`), for data-scaling curves.
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ class MaskShardDataModule(L.LightningDataModule):
         seed: shuffling seed; epoch e shuffles with ``seed + e``.
         shuffle_buffer: samples in the shuffle buffer.
         split_mode: ``auto``, ``shards`` or ``samples`` (see :func:`plan_split`).
+        train_limit: train on only this many train-split samples, the first in a fixed hash order of their
+            keys (:func:`train_subset`: a smaller limit's subset is part of a larger one's); ``None``: all.
+            The validation split is never limited.
     """
 
     def __init__(
@@ -56,13 +60,17 @@ class MaskShardDataModule(L.LightningDataModule):
         seed: int = 0,
         shuffle_buffer: int = 256,
         split_mode: str = "auto",
+        train_limit: int | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
             raise InputError(f"batch sizes must be positive, got {batch_size} and {val_batch_size}")
+        if train_limit is not None and train_limit < 1:
+            raise InputError(f"train_limit must be a positive number of samples or None, got {train_limit}")
         self.save_hyperparameters()
         self.index: S.ShardIndex | None = None  # the first directory's
         self.indexes: tuple[S.ShardIndex, ...] = ()
+        self.train_keys: frozenset[str] | None = None  # the train_limit subset, once set up
 
     def setup(self, stage: str | None = None) -> None:
         from rde import MaskLayout, load_preset
@@ -92,6 +100,8 @@ class MaskShardDataModule(L.LightningDataModule):
                     raise InputError(f"sample {key!r} is in both {seen[key]} and {index.directory}; "
                                      "give each sample once")
         self.index, self.indexes = indexes[0], tuple(indexes)
+        if self.hparams.train_limit is not None:
+            self.train_keys = train_subset(self.indexes, self.hparams.train_limit, self.hparams.val_fraction)
 
     def _distributed(self) -> tuple[int, int]:
         import webdataset as wds
@@ -111,7 +121,8 @@ class MaskShardDataModule(L.LightningDataModule):
         hp = self.hparams
         batch_size = hp.batch_size if train else hp.val_batch_size or hp.batch_size
         rank, world = self._distributed()
-        counts = [c for index in self.indexes for c in index.counts(split, hp.val_fraction)]
+        keys = self.train_keys if split == "train" else None
+        counts = _counts(self.indexes, split, hp.val_fraction, keys)
         plan = plan_split(counts, batch_size, rank, world, hp.num_workers, hp.split_mode, equalize=train)
         if plan.num_batches == 0 and train:
             raise InputError(
@@ -120,7 +131,7 @@ class MaskShardDataModule(L.LightningDataModule):
             )
         pipeline = mask_pipeline(
             self.indexes, split, hp.val_fraction, batch_size, shuffle=train, seed=hp.seed,
-            shuffle_buffer=hp.shuffle_buffer, plan=plan,
+            shuffle_buffer=hp.shuffle_buffer, plan=plan, keys=keys,
         )
         return DataLoader(pipeline, batch_size=None, num_workers=hp.num_workers, persistent_workers=hp.num_workers > 0)
 
@@ -129,6 +140,28 @@ class MaskShardDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", train=False)
+
+
+def train_subset(indexes: Sequence[S.ShardIndex], n: int, val_fraction: float = DEFAULT_VAL_FRACTION) -> frozenset[str]:
+    """The first ``n`` train-split keys of ``indexes`` in the order of :func:`amortized.datasets.key_fraction`
+    with the salt ``train_limit:`` (ties by key): deterministic, independent of shard layout and of the
+    split's hash, and nested (the subset for n is part of the one for any larger n). More than the split
+    holds is refused."""
+    from amortized.datasets import in_split, key_fraction
+
+    keys = sorted((k for index in indexes for _, shard_keys in index.shards for k in shard_keys
+                   if in_split(k, "train", val_fraction)), key=lambda k: (key_fraction(k, "train_limit:"), k))
+    if n > len(keys):
+        raise InputError(f"train_limit {n}: {', '.join(str(i.directory) for i in indexes)} hold only {len(keys)} "
+                         "train-split samples")
+    return frozenset(keys[:n])
+
+
+def _counts(indexes: Sequence[S.ShardIndex], split: str, val_fraction: float, keys: frozenset[str] | None) -> list[int]:
+    """Samples each shard contributes: those of ``split``, or of ``keys`` (a subset of the split) if given."""
+    if keys is None:
+        return [c for index in indexes for c in index.counts(split, val_fraction)]
+    return [sum(k in keys for k in shard_keys) for index in indexes for _, shard_keys in index.shards]
 
 
 # -- how ranks and workers share the shards, and the reading pipeline --------------------------------------
@@ -214,10 +247,10 @@ def _cap_batches(src: Iterator[Any], worker_batches: tuple[int, ...]) -> Iterato
     yield from itertools.islice(src, worker_batches[worker])
 
 
-def _key_in_split(sample: dict[str, Any], split: str, fraction: float) -> bool:
+def _key_in_split(sample: dict[str, Any], split: str, fraction: float, keys: frozenset[str] | None = None) -> bool:
     from amortized.datasets import in_split
 
-    return in_split(sample["__key__"], split, fraction)
+    return in_split(sample["__key__"], split, fraction) and (keys is None or sample["__key__"] in keys)
 
 
 def _training_sample(sample: dict[str, Any], specs: dict[str, S.SampleSpec]) -> dict[str, Any] | None:
@@ -259,6 +292,7 @@ def mask_pipeline(
     seed: int = 0,
     shuffle_buffer: int = 256,
     plan: SplitPlan | None = None,
+    keys: frozenset[str] | None = None,
 ):
     """A ``webdataset.DataPipeline`` of batches from a shard directory or several (use with ``DataLoader(batch_size=None)``).
 
@@ -267,12 +301,13 @@ def mask_pipeline(
     ``plan`` (from :func:`plan_split`) fixes how ranks and workers share the data; default one process.
     Shuffling is seeded (``seed`` + epoch, counted per pass): reproducible, different every epoch.
     Every sample is decoded and checked here; one that fails is named in a warning and skipped.
+    ``keys``, if given, keeps only those samples of the split (a ``train_limit`` subset; ``plan`` must count them).
     """
     import webdataset as wds
 
     indexes = [index] if isinstance(index, S.ShardIndex) else list(index)
     if plan is None:
-        plan = plan_split([c for i in indexes for c in i.counts(split, val_fraction)], batch_size, equalize=False)
+        plan = plan_split(_counts(indexes, split, val_fraction, keys), batch_size, equalize=False)
     specs = {}
     for i in indexes:
         i.layout()  # the manifest's layout must be the one its preset gives
@@ -285,7 +320,8 @@ def mask_pipeline(
         stages += [wds.split_by_node, wds.split_by_worker]
     if shuffle:
         stages.append(wds.detshuffle(bufsize=len(urls), initial=len(urls), seed=seed))
-    stages += [wds.tarfile_to_samples(), wds.select(functools.partial(_key_in_split, split=split, fraction=val_fraction))]
+    in_part = functools.partial(_key_in_split, split=split, fraction=val_fraction, keys=keys)
+    stages += [wds.tarfile_to_samples(), wds.select(in_part)]
     if plan.mode == "samples":
         stages.append(wds.pipelinefilter(_split_samples)())
     if shuffle:

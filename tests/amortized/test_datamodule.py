@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import lightning as L
@@ -11,8 +12,9 @@ import torch
 from torch.utils.data import DataLoader
 
 from amortized import shards as S
-from amortized.datamodule import MaskShardDataModule, mask_pipeline, plan_split
+from amortized.datamodule import MaskShardDataModule, mask_pipeline, plan_split, train_subset
 from amortized.datasets import split_of
+from rde.errors import InputError
 from tests.amortized.fake_shards import (
     K,
     corrupt_png,
@@ -49,6 +51,45 @@ def test_batches_and_splits(shard_dir):
     assert len(got_train) == len(set(got_train)) == (40 - len(val_keys)) // 4 * 4  # full batches only
     assert not set(got_train) & val_keys
     assert sorted(_keys(dm.val_dataloader())) == sorted(val_keys)  # every val sample, once
+
+
+def _hash_order(keys: list[str]) -> list[str]:
+    """The documented subset order, computed here from SHA-1 directly: salt ``train_limit:``, ties by key."""
+    def fraction(k: str) -> float:
+        return int.from_bytes(hashlib.sha1(f"train_limit:{k}".encode()).digest()[:8], "big") / 2**64
+
+    return sorted(keys, key=lambda k: (fraction(k), k))
+
+
+def test_train_limit_trains_on_a_fixed_nested_subset_and_leaves_val_alone(shard_dir):
+    train_keys = [k for k in keys_of(40) if split_of(k, 0.25) == "train"]
+    val_keys = sorted(k for k in keys_of(40) if split_of(k, 0.25) == "val")
+    assert len(train_keys) > 12  # the limits below are real subsets
+    dm = MaskShardDataModule(str(shard_dir), preset="tiny", batch_size=2, val_fraction=0.25, train_limit=10)
+    dm.setup("fit")
+    expected = set(_hash_order(train_keys)[:10])
+    assert dm.train_keys == expected
+    loader = dm.train_dataloader()
+    first, second = _keys(loader), _keys(loader)  # two epochs
+    assert len(first) == len(set(first)) == 10 and set(first) == set(second) == expected
+    assert first != second  # still reshuffled every epoch
+    assert len(dm.train_dataloader()) == 5  # the subset's full batches, not the split's
+    assert sorted(_keys(dm.val_dataloader())) == val_keys  # val is never limited
+    again = MaskShardDataModule(str(shard_dir), preset="tiny", batch_size=2, val_fraction=0.25, train_limit=10)
+    again.setup("fit")
+    assert again.train_keys == expected  # deterministic
+    assert train_subset([dm.index], 4, 0.25) < expected  # nested: a smaller subset is part of a larger one
+    whole = MaskShardDataModule(str(shard_dir), preset="tiny", batch_size=2, val_fraction=0.25,
+                                train_limit=len(train_keys))
+    whole.setup("fit")
+    assert sorted(_keys(whole.train_dataloader())) == sorted(train_keys)
+
+
+def test_train_limit_refuses_zero_or_more_than_the_split(shard_dir):
+    with pytest.raises(InputError, match="train_limit must be a positive"):
+        MaskShardDataModule(str(shard_dir), preset="tiny", train_limit=0)
+    with pytest.raises(InputError, match=r"train_limit 40: .*shards hold only \d+ train-split samples"):
+        MaskShardDataModule(str(shard_dir), preset="tiny", val_fraction=0.25, train_limit=40).setup("fit")
 
 
 def test_refuses_other_layout_or_classifier(shard_dir):
