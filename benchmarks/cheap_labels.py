@@ -52,12 +52,12 @@ def subset(src: Path, out: Path, n: int | None, budget: float | None, split: str
 
 @torch.no_grad()
 def quality(cheap_dir: Path, exact_dir: Path, samples: int, seed: int) -> dict:
-    from rde import CartoonX, create_classifier
+    from rde import CartoonX, RDEConfig, create_classifier
 
     cheap_index, exact_index = S.open_shard_dir(cheap_dir), S.open_shard_dir(exact_dir)
     exact = {s["key"]: s for path, _ in exact_index.shards for s in S.read_samples(path)}
     layout = cheap_index.layout()
-    explainer = CartoonX(create_classifier(cheap_index.config["classifier"]), cheap_index.config["preset"])
+    explainer = CartoonX(create_classifier(cheap_index.config["classifier"]), RDEConfig.from_dict(cheap_index.config["preset"]))
     rows = []
     for path, _ in cheap_index.shards:
         for s in S.read_samples(path):
