@@ -14,7 +14,9 @@ from amortized.cli import main as cli_main
 from amortized.datamodule import MaskShardDataModule
 from amortized.datasets import key_seed, list_images
 from amortized.generate import Labels, generate_targets, label_kind, sample_cost, target_config
+from amortized.checkpoint import export_checkpoint
 from amortized.initializer import LearnedStart
+from amortized.policy import StartPolicy
 from rde import CartoonX, create_classifier, load_image, load_preset, preprocess
 from rde.errors import InputError
 from tests.amortized.test_generate import TINY, all_keys, make_images, samples_by_key
@@ -28,14 +30,21 @@ def images(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cheap(images, tiny_initializer_checkpoint, tmp_path_factory):
+def start_checkpoint(tiny_initializer_checkpoint, tmp_path_factory):
+    """The tiny initializer with a short warm-up and pruning phase (the shipped policy's 100 steps, shortened)."""
+    policy = StartPolicy().replace(steps=6, prune_steps=4, prune_min_prob=0.0)
+    return export_checkpoint(tiny_initializer_checkpoint, tmp_path_factory.mktemp("start") / "tiny.pt", policy)
+
+
+@pytest.fixture(scope="module")
+def cheap(images, start_checkpoint, tmp_path_factory):
     out = tmp_path_factory.mktemp("cheap") / "shards"
-    labels = Labels("cheap", tiny_initializer_checkpoint, STEPS, SAMPLES)
+    labels = Labels("cheap", start_checkpoint, STEPS, SAMPLES)
     summary = generate_targets(images, out, batch_size=2, shard_size=3, labels=labels, **TINY)
     return out, summary
 
 
-def test_a_cheap_label_is_the_learned_start_refined_k_steps(images, cheap, tiny_initializer_checkpoint):
+def test_a_cheap_label_is_the_learned_start_refined_k_steps(images, cheap, start_checkpoint):
     """Each stored mask is the learned start of that image alone, refined STEPS steps with SAMPLES copies and the
     key's seed; its recorded cost is the start's plus STEPS * SAMPLES / preset samples."""
     out, summary = cheap
@@ -43,7 +52,7 @@ def test_a_cheap_label_is_the_learned_start_refined_k_steps(images, cheap, tiny_
     clf = create_classifier("tiny-test")
     explainer = CartoonX(clf, "tiny")
     refiner = CartoonX(clf, load_preset("tiny").replace(num_samples=SAMPLES))
-    start_fn = LearnedStart.for_explainer(explainer, tiny_initializer_checkpoint, seed=0)
+    start_fn = LearnedStart.for_explainer(explainer, start_checkpoint, seed=0)
     stored = samples_by_key(out)
     assert len(stored) == 4
     moved = []
@@ -81,17 +90,17 @@ def test_cheap_labels_have_a_configuration_of_their_own(images, cheap, tmp_path)
     assert sample_cost(sample["meta"]) == preset.steps and "cost" not in sample["meta"]
 
 
-def test_other_label_settings_are_another_configuration(images, cheap, tiny_initializer_checkpoint):
+def test_other_label_settings_are_another_configuration(images, cheap, start_checkpoint):
     out, _ = cheap
-    for labels, diff in ((Labels("cheap", tiny_initializer_checkpoint, STEPS + 1, SAMPLES), "labels.steps: 3 -> 4"),
-                         (Labels("cheap", tiny_initializer_checkpoint, STEPS), "labels.num_samples: 2 -> 4")):
+    for labels, diff in ((Labels("cheap", start_checkpoint, STEPS + 1, SAMPLES), "labels.steps: 3 -> 4"),
+                         (Labels("cheap", start_checkpoint, STEPS), "labels.num_samples: 2 -> 4")):
         with pytest.raises(S.ConfigMismatchError, match=diff):
             generate_targets(images, out, labels=labels, **TINY)
 
 
-def test_rerun_resumes(images, tiny_initializer_checkpoint, tmp_path):
+def test_rerun_resumes(images, start_checkpoint, tmp_path):
     out = tmp_path / "cheap"
-    labels = Labels("cheap", tiny_initializer_checkpoint, STEPS, SAMPLES)
+    labels = Labels("cheap", start_checkpoint, STEPS, SAMPLES)
     first = generate_targets(images, out, limit=2, shard_size=2, labels=labels, **TINY)
     before = {p.name: p.read_bytes() for p in S.list_shards(out)}
     second = generate_targets(images, out, shard_size=2, labels=labels, **TINY)
@@ -116,11 +125,11 @@ def test_a_folder_of_cheap_labels_trains_beside_exact_targets(images, cheap, tmp
     assert batch["mask"].shape == (2, 5319) and torch.isfinite(batch["final_loss"]).all()
 
 
-def test_cli_cheap_labels_and_one_line_refusals(images, tiny_initializer_checkpoint, tmp_path, capsys):
+def test_cli_cheap_labels_and_one_line_refusals(images, start_checkpoint, tmp_path, capsys):
     out = tmp_path / "cli"
     args = ["generate", str(images), "--out", str(out), "--model", "tiny-test", "--preset", "tiny", "--no-progress",
             "--limit", "1"]
-    assert cli_main(args + ["--labels", "cheap", "--checkpoint", str(tiny_initializer_checkpoint), "--label-steps", "2"]) == 0
+    assert cli_main(args + ["--labels", "cheap", "--checkpoint", str(start_checkpoint), "--label-steps", "2"]) == 0
     (sample,) = samples_by_key(out).values()
     assert sample["meta"]["label_steps"] == 2 and sample["meta"]["label_samples"] == 4
     capsys.readouterr()
@@ -130,4 +139,4 @@ def test_cli_cheap_labels_and_one_line_refusals(images, tiny_initializer_checkpo
     err = capsys.readouterr().err.strip()
     assert "no bundled initializer" in err and err.count("\n") == 0
     with pytest.raises(InputError, match="only used with cheap labels"):
-        Labels("exact", tiny_initializer_checkpoint)
+        Labels("exact", start_checkpoint)
