@@ -12,6 +12,11 @@ finished, the manifest rewritten, and :class:`~amortized.signals.Stopped` raised
 seed is a hash of its key and the base seed, so targets don't depend on batch size, ordering, or the
 number of devices. Samples and the manifest record where they were computed (``provenance``).
 
+Two label kinds (:class:`Labels`): ``exact`` targets are the preset's full run from all-ones; ``cheap`` labels
+are a learned start (:class:`amortized.initializer.LearnedStart`, the bundled checkpoint or another) refined for a
+few exact steps, many for the price of one exact target. Each kind hashes into its own configuration, so they
+never share a directory, and every cheap sample records what it cost (:func:`sample_cost`).
+
 Multi-device example (each rank writes ``masks-<hash>-r<rank>-*.tar.gz``)::
 
     cartoonx generate /data/imagenet/train --out shards/ --accelerator gpu --devices 8 --num-nodes 2 \\
@@ -21,6 +26,8 @@ Multi-device example (each rank writes ``masks-<hash>-r<rank>-*.tar.gz``)::
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import sys
 import time
 from dataclasses import dataclass
@@ -35,42 +42,106 @@ from tqdm.auto import tqdm
 
 import rde
 from amortized import shards as S
+from amortized.checkpoint import check_compatible, read_initializer
 from amortized.datasets import ImageItem, key_fraction, key_seed, list_images, report_to_stderr
 from amortized.generate_data import GenerateDataModule, with_views
 from amortized.image_data import failure_record
+from amortized.initializer import LearnedStart, bundled_checkpoint
 from amortized.shards.writer import KEPT
 from amortized.signals import StopOnSignals, Stopped
 from rde import CartoonX, MaskLayout, RDEConfig, create_classifier, load_preset
 from rde.classifiers import Classifier
 from rde.errors import InputError
 from rde.io import OutputWriteError, check_output_dir, remove_if_empty, write_failure
+from rde.start import Start, steps_of_passes
 
 METHOD = "cartoonx"
 INIT = "ones"
 TARGET = "predicted"
 
 
+# -- label kinds ------------------------------------------------------------------------------------------
+LABEL_KINDS = ("exact", "cheap")
+LEARNED = "learned"
+DEFAULT_LABEL_STEPS = 30
+
+
+@dataclass(frozen=True)
+class Labels:
+    """What a sample's mask is. ``exact`` (the default): the preset's full run from all-ones. ``cheap``: the learned
+    start of ``checkpoint`` (default: the one bundled for the classifier and preset) refined for ``steps`` exact
+    steps with ``samples`` noisy copies each (default: the preset's), which costs the start's cost plus
+    ``steps * samples / preset samples`` preset steps: noisy, cheap labels to train on many of (Stochastic
+    Amortization)."""
+
+    kind: str = "exact"
+    checkpoint: Path | None = None
+    steps: int = DEFAULT_LABEL_STEPS
+    samples: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in LABEL_KINDS:
+            raise InputError(f"labels must be one of {', '.join(LABEL_KINDS)}, got {self.kind!r}")
+        if self.kind == "exact" and (self.checkpoint is not None or self.samples is not None):
+            raise InputError("a checkpoint and label samples are only used with cheap labels (--labels cheap)")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise InputError(f"label steps must be an int >= 1, got {self.steps!r}")
+        if self.samples is not None and (not isinstance(self.samples, int) or self.samples < 1):
+            raise InputError(f"label samples must be an int >= 1, got {self.samples!r}")
+
+    @property
+    def cheap(self) -> bool:
+        return self.kind == "cheap"
+
+
+def checkpoint_digest(payload: dict[str, Any]) -> str:
+    """A short hash of what a learned start depends on (network, taps, policy, weights): the same weights give the
+    same digest whether read from a training checkpoint or an exported file, wherever it lies."""
+    h = hashlib.sha256()
+    h.update(json.dumps({k: payload.get(k) for k in ("classifier", "net", "taps", "warmup", "guard")},
+                        sort_keys=True, default=str).encode())
+    for name, tensor in sorted(payload["state_dict"].items()):
+        h.update(name.encode())
+        h.update(tensor.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def sample_cost(meta: dict[str, Any]) -> float:
+    """What a sample's mask cost, in preset optimizer steps: a cheap label records it (``cost``), an exact target
+    cost its ``steps``."""
+    return float(meta["cost"]) if "cost" in meta else float(meta["steps"])
+
+
+def label_kind(meta: dict[str, Any]) -> str:
+    """``exact`` or ``cheap`` (samples written before cheap labels existed are exact)."""
+    return meta.get("label_kind", "exact")
+
+
 # -- configuration ----------------------------------------------------------------------------------------
-def target_config(classifier: str, preset: RDEConfig, seed: int) -> dict[str, Any]:
+def target_config(classifier: str, preset: RDEConfig, seed: int, cheap: dict[str, Any] | None = None) -> dict[str, Any]:
     """Everything that determines the targets (hashed into shard names). ``samples_per_call`` is left out:
-    it changes memory use, not the result; the preset's name is left out: it is only a label."""
+    it changes memory use, not the result; the preset's name is left out: it is only a label. ``cheap``: the
+    cheap labels' settings (checkpoint digest, steps, samples), absent for exact targets, whose hash is unchanged."""
     params = preset.to_dict()
     params.pop("name", None)
     params.pop("samples_per_call", None)
     if params.get("precision") == "32-true":  # float32 targets keep the hash they had before precision existed
         params.pop("precision")
     layout = MaskLayout.for_wavelet(preset.image_size, preset.image_size, preset.wavelet)
-    return {
+    config = {
         "format_version": S.FORMAT_VERSION,
         "method": METHOD,
         "classifier": classifier,
         "preset": params,
-        "init": INIT,
+        "init": INIT if cheap is None else LEARNED,
         "target": TARGET,
         "seed": int(seed),
         "layout": layout.signature,
         "num_entries": layout.num_entries,
     }
+    if cheap is not None:
+        config["labels"] = {"kind": "cheap", **cheap}
+    return config
 
 
 @dataclass
@@ -108,9 +179,12 @@ def _hours(seconds: float) -> str:
 
 # -- the optimizer in predict_step ------------------------------------------------------------------------
 class TargetGenerator(L.LightningModule):
-    """``predict_step`` runs the exact CartoonX optimizer on a batch and returns finished samples."""
+    """``predict_step`` runs the exact CartoonX optimizer on a batch and returns finished samples: from all-ones for
+    the preset's steps (exact targets) or, given ``labels`` cheap and the initializer ``payload``, from the learned
+    start for ``labels.steps`` steps (cheap labels)."""
 
-    def __init__(self, classifier: Classifier, preset: RDEConfig, seed: int, config: dict[str, Any], chash: str):
+    def __init__(self, classifier: Classifier, preset: RDEConfig, seed: int, config: dict[str, Any], chash: str,
+                 labels: Labels | None = None, payload: dict[str, Any] | None = None):
         super().__init__()
         self.classifier = classifier
         self.explainer = CartoonX(classifier, preset)
@@ -118,10 +192,24 @@ class TargetGenerator(L.LightningModule):
         self.seed = seed
         self.config = config
         self.chash = chash
+        self.labels = labels or Labels()
+        if self.labels.cheap and payload is None:
+            raise ValueError("cheap labels need the initializer's payload")
+        self.payload = payload
+        samples = self.labels.samples or preset.num_samples
+        self.refiner = self.explainer if samples == preset.num_samples else CartoonX(classifier, preset.replace(num_samples=samples))
+        self.start_fn: Any = None  # the learned start, made on the device in on_predict_start
         self.provenance: dict[str, Any] | None = None
 
     def on_predict_start(self) -> None:
         self.provenance = S.provenance(self.device, self.preset.precision)
+        if self.labels.cheap:
+            self.start_fn = LearnedStart(self.payload, self.explainer, seed=self.seed)
+
+    def refinement_cost(self) -> float:
+        """A cheap label's refinement in preset steps (its start's cost comes on top)."""
+        samples = self.labels.samples or self.preset.num_samples
+        return float(steps_of_passes(self.labels.steps * samples, self.preset.num_samples))
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         out = {"samples": [], "failed": list(batch["failed"])}
@@ -132,8 +220,13 @@ class TargetGenerator(L.LightningModule):
 
     def _explain(self, items: list[ImageItem], images: torch.Tensor, out: dict[str, Any], views: list) -> None:
         seeds = [key_seed(i.key, self.seed) for i in items]
+        start = None
         try:
-            ex = self.explainer.explain(images, target=None, init=INIT, seed=seeds)
+            if self.start_fn is None:
+                ex = self.explainer.explain(images, target=None, init=INIT, seed=seeds)
+            else:  # the start's warm-up and guard use the base seed (batch-independent), the refinement each key's
+                start = self.start_fn(images)
+                ex = self.refiner.explain(images, target=None, init=start, steps=self.labels.steps, seed=seeds)
         except Exception as e:  # one bad image must not cost the batch: retry one by one
             if len(items) == 1:
                 out["failed"].append(failure_record(items[0], f"{type(e).__name__}: {e}"))
@@ -141,9 +234,10 @@ class TargetGenerator(L.LightningModule):
             for j, item in enumerate(items):
                 self._explain([item], images[j : j + 1], out, views[j : j + 1])
             return
-        out["samples"] += [self._sample(ex, j, item, seeds[j], views[j]) for j, item in enumerate(items)]
+        out["samples"] += [self._sample(ex, j, item, seeds[j], views[j], start) for j, item in enumerate(items)]
 
-    def _sample(self, ex: rde.Explanation, j: int, item: ImageItem, seed: int, view: Any = None) -> dict[str, Any]:
+    def _sample(self, ex: rde.Explanation, j: int, item: ImageItem, seed: int, view: Any = None,
+                start: Start | None = None) -> dict[str, Any]:
         image = (ex.images[j] * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
         curves = np.stack([ex.history[name][j].numpy() for name in S.CURVE_NAMES])
         final = {name: float(curves[r, -1]) if curves.shape[1] else None for r, name in enumerate(S.CURVE_NAMES)}
@@ -161,7 +255,7 @@ class TargetGenerator(L.LightningModule):
             "classifier": self.classifier.name,
             "method": METHOD,
             "preset": self.preset.to_dict(),
-            "init": INIT,
+            "init": INIT if start is None else LEARNED,
             "seed": seed,
             "base_seed": self.seed,
             "wavelet": dataclasses.asdict(self.preset.wavelet),
@@ -177,6 +271,18 @@ class TargetGenerator(L.LightningModule):
         }
         if view is not None:  # a view of the photo (amortized.views): enough to cut the image again
             meta["view"] = view.to_meta()
+        if start is not None:  # a cheap label: what it cost, in preset steps (exact targets cost their steps)
+            refinement = self.refinement_cost()
+            meta.update({
+                "label_kind": "cheap",
+                "checkpoint": self.config["labels"]["checkpoint"],
+                "label_steps": self.labels.steps,
+                "label_samples": self.labels.samples or self.preset.num_samples,
+                "start_cost": float(start.cost[j]),
+                "start_pruned": bool(start.pruned[j]),
+                "start_backoffs": int(start.backoffs[j]),
+                "cost": float(start.cost[j]) + refinement,
+            })
         mask = ex.mask[j].cpu().numpy()
         return S.make_sample(item.key, image, mask, curves, item.label, meta)
 
@@ -313,6 +419,18 @@ def check_accelerator(accelerator: str) -> None:
                          f"{cuda}); use --accelerator cpu or auto") from None
 
 
+def _cheap_settings(labels: Labels, classifier: str, preset: RDEConfig) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """The initializer payload and the configuration entry of cheap labels (``None, None`` for exact targets); the
+    checkpoint is read and checked against the classifier and preset before any work."""
+    if not labels.cheap:
+        return None, None
+    path = labels.checkpoint if labels.checkpoint is not None else bundled_checkpoint(classifier, preset.name.removesuffix("+"))
+    payload = read_initializer(path)
+    check_compatible(payload, classifier, preset, source=str(path))
+    return payload, {"checkpoint": checkpoint_digest(payload), "steps": labels.steps,
+                     "num_samples": labels.samples or preset.num_samples}
+
+
 # -- entry point -----------------------------------------------------------------------------------------
 def generate_targets(
     source: str | Path | Sequence[str | Path],
@@ -334,6 +452,7 @@ def generate_targets(
     show_progress: bool = True,
     views: int = 0,
     views_only: bool = False,
+    labels: Labels | None = None,
     **preset_overrides: Any,
 ) -> GenerateSummary:
     """Explain every image of ``source`` with exact CartoonX and write the masks to shards in ``out_dir``.
@@ -356,6 +475,8 @@ def generate_targets(
         views: also explain this many views of each photo (:mod:`amortized.views`; keys ``<key>@v<i>``,
             each photo's split), photos first, then view 1 of every photo, and so on.
         views_only: only the views, not the photos themselves (e.g. views beside targets made elsewhere).
+        labels: exact targets (default) or cheap labels (:class:`Labels`: a learned start refined a few steps);
+            cheap labels hash into another configuration than exact targets, so they need their own directory.
 
     Returns:
         A :class:`GenerateSummary` of this process's rank.
@@ -366,6 +487,7 @@ def generate_targets(
         OutputDirError: ``out_dir`` is a file or not writable (checked before any work).
     """
     cfg = load_preset(preset).replace(**preset_overrides)
+    labels = labels or Labels()
     if cfg.steps < 1:
         raise InputError(f"steps must be at least 1 for targets, got {cfg.steps} (0 steps would store the all-ones start)")
     if batch_size < 1:
@@ -385,9 +507,10 @@ def generate_targets(
         items = items[:limit]
     items = with_views(items, views, photos_too=not views_only)
     clf = create_classifier(classifier)
-    config = target_config(clf.name, cfg, seed)
+    payload, cheap = _cheap_settings(labels, clf.name, cfg)
+    config = target_config(clf.name, cfg, seed, cheap)
     chash = S.config_hash(config)
-    module = TargetGenerator(clf, cfg, seed, config, chash)
+    module = TargetGenerator(clf, cfg, seed, config, chash, labels, payload)
     data = GenerateDataModule(items, out_dir, config, batch_size=batch_size, num_workers=num_workers)
     stop = StopOnSignals()
     writer = ShardPredictionWriter(out_dir, config, chash, shard_size, compress, show_progress, stop)

@@ -5,6 +5,9 @@ INPUT is an ImageFolder tree (ROOT/<wnid>/*.JPEG), a flat directory of <wnid>_*.
 class; each finished shard (masks-<config hash>-r<rank>-NNNNNN.tar.gz) appears atomically in OUT, with
 OUT/manifest.json summarizing config, shards, counts and failed images.
 
+--labels cheap writes cheap labels instead: the learned start (the bundled initializer, or --checkpoint) refined
+for --label-steps exact steps, each sample's cost in preset steps in its metadata, into a directory of their own.
+
 Rerun the same command to resume: finished samples are skipped, partial shards of a killed run are
 discarded and finished samples that fail their checks are recomputed. A directory holding shards of a
 different configuration is refused. SIGTERM (exit code 143) or Ctrl-C (130) stops a run within seconds
@@ -60,6 +63,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also explain K views (random resized crop and flip) of each photo, keys <key>@v1..K (default: 0)",
     )
     parser.add_argument("--views-only", action="store_true", help="with --views: the views only, not the photos themselves")
+    parser.add_argument(
+        "--labels", choices=("exact", "cheap"), default="exact",
+        help="exact: the preset's full run from all-ones; cheap: the learned start refined for --label-steps steps, "
+        "its cost per sample in the metadata; each kind needs its own --out (default: %(default)s)",
+    )
+    parser.add_argument("--checkpoint", type=Path,
+                        help="with --labels cheap: initializer checkpoint of the start (default: the bundled one)")
+    parser.add_argument("--label-steps", type=positive_int, metavar="K",
+                        help="with --labels cheap: exact refinement steps after the start (default: 30)")
+    parser.add_argument("--label-samples", type=positive_int, metavar="L",
+                        help="with --labels cheap: noisy copies per refinement step (default: the preset's)")
     parser.add_argument("--split", choices=("all", "train", "val"), default="all", help="hash split to generate (default: all)")
     parser.add_argument("--val-fraction", type=fraction, default=1 / 8, help="validation fraction of the hash split (default: 1/8)")
     parser.add_argument("--accelerator", default="auto", help="Lightning accelerator: auto, cpu, gpu (default: auto)")
@@ -93,12 +107,21 @@ def _run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
-    from amortized.generate import generate_targets
+    from amortized.generate import DEFAULT_LABEL_STEPS, Labels, generate_targets
+    from rde.errors import InputError
 
     if args.threads:
         torch.set_num_threads(args.threads)
 
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    if args.labels == "exact":
+        given = [o for o, v in (("--checkpoint", args.checkpoint), ("--label-steps", args.label_steps),
+                                ("--label-samples", args.label_samples)) if v is not None]
+        if given:
+            raise InputError(f"{', '.join(given)}: only used with --labels cheap")
+        labels = Labels()
+    else:
+        labels = Labels("cheap", args.checkpoint, args.label_steps or DEFAULT_LABEL_STEPS, args.label_samples)
     overrides = {
         "steps": args.steps,
         "num_samples": args.num_samples,
@@ -127,6 +150,7 @@ def _run(args: argparse.Namespace) -> int:
         show_progress=args.progress,
         views=args.views,
         views_only=args.views_only,
+        labels=labels,
         **overrides,
     )
     print(f"generate: {summary}", file=sys.stderr)
