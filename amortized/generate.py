@@ -42,11 +42,10 @@ from tqdm.auto import tqdm
 
 import rde
 from amortized import shards as S
-from amortized.checkpoint import check_compatible, read_initializer
 from amortized.datasets import ImageItem, key_fraction, key_seed, list_images, report_to_stderr
 from amortized.generate_data import GenerateDataModule, with_views
 from amortized.image_data import failure_record
-from amortized.initializer import LearnedStart, bundled_checkpoint
+from amortized.initializer import LearnedStart, read_checked_initializer
 from amortized.shards.writer import KEPT
 from amortized.signals import StopOnSignals, Stopped
 from rde import CartoonX, MaskLayout, RDEConfig, create_classifier, load_preset
@@ -122,11 +121,7 @@ def target_config(classifier: str, preset: RDEConfig, seed: int, cheap: dict[str
     """Everything that determines the targets (hashed into shard names). ``samples_per_call`` is left out:
     it changes memory use, not the result; the preset's name is left out: it is only a label. ``cheap``: the
     cheap labels' settings (checkpoint digest, steps, samples), absent for exact targets, whose hash is unchanged."""
-    params = preset.to_dict()
-    params.pop("name", None)
-    params.pop("samples_per_call", None)
-    if params.get("precision") == "32-true":  # float32 targets keep the hash they had before precision existed
-        params.pop("precision")
+    params = S.hashed_preset(preset.to_dict())
     layout = MaskLayout.for_wavelet(preset.image_size, preset.image_size, preset.wavelet)
     config = {
         "format_version": S.FORMAT_VERSION,
@@ -424,9 +419,7 @@ def _cheap_settings(labels: Labels, classifier: str, preset: RDEConfig) -> tuple
     checkpoint is read and checked against the classifier and preset before any work."""
     if not labels.cheap:
         return None, None
-    path = labels.checkpoint if labels.checkpoint is not None else bundled_checkpoint(classifier, preset.name.removesuffix("+"))
-    payload = read_initializer(path)
-    check_compatible(payload, classifier, preset, source=str(path))
+    payload = read_checked_initializer(classifier, preset, labels.checkpoint)
     return payload, {"checkpoint": checkpoint_digest(payload), "steps": labels.steps,
                      "num_samples": labels.samples or preset.num_samples}
 

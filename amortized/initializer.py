@@ -36,7 +36,7 @@ from rde.warmup import Warmup, WarmupSignals, WarmStart
 
 BUNDLED = {("efficientnet_lite0", "cpu"): "efficientnet_lite0-cpu.pt"}
 
-__all__ = ["BUNDLED", "CheckpointMismatchError", "Guard", "LearnedStart", "StartPolicy", "Warmup", "bundled_checkpoint"]
+__all__ = ["BUNDLED", "CheckpointMismatchError", "Guard", "LearnedStart", "StartPolicy", "Warmup", "bundled_checkpoint", "read_checked_initializer"]
 
 
 def bundled_checkpoint(classifier: str, preset: str) -> Path:
@@ -52,6 +52,17 @@ def bundled_checkpoint(classifier: str, preset: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"bundled initializer missing from the installed package: {path}")
     return path
+
+
+def read_checked_initializer(classifier: str, preset: RDEConfig, checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """The payload of ``checkpoint`` (default: the one bundled for ``classifier`` and ``preset``), refused unless it
+    was trained for that classifier and preset (:func:`amortized.checkpoint.check_compatible`)."""
+    # A preset with overrides is named "<base>+"; the bundled one for <base> serves it where the check below
+    # finds every field that matters unchanged (steps and samples per call may differ, lambda may not).
+    path = Path(checkpoint) if checkpoint is not None else bundled_checkpoint(classifier, preset.name.removesuffix("+"))
+    payload = read_initializer(path)
+    check_compatible(payload, classifier, preset, source=str(path))
+    return payload
 
 
 class LearnedStart:
@@ -98,13 +109,7 @@ class LearnedStart:
                       policy: StartPolicy | None = None, seed: int = 0, refine: str | None = None) -> LearnedStart:
         """Load ``checkpoint`` (default: the bundled one for the explainer's classifier and preset) and check that
         it was trained for that classifier and preset."""
-        classifier, preset = explainer.classifier.name, explainer.config
-        # A preset with overrides is named "<base>+"; the bundled one for <base> serves it where the check below
-        # finds every field that matters unchanged (steps and samples per call may differ, lambda may not).
-        base = preset.name.removesuffix("+")
-        path = Path(checkpoint) if checkpoint is not None else bundled_checkpoint(classifier, base)
-        payload = read_initializer(path)
-        check_compatible(payload, classifier, preset, source=str(path))
+        payload = read_checked_initializer(explainer.classifier.name, explainer.config, checkpoint)
         return cls(payload, explainer, policy, seed, refine)
 
     @property

@@ -20,6 +20,7 @@ from amortized.shards.naming import (
     config_diff,
     config_hash,
     config_hashes,
+    hashed_preset,
     list_shards,
     remove_partial_shards,
 )
@@ -129,9 +130,7 @@ def _config_from_samples(shard_dir: Path) -> tuple[dict[str, Any], str] | None:
             for key, raw in raw_samples(path):
                 try:
                     meta = decode_sample(key, raw)["meta"]
-                    preset = {k: v for k, v in meta["preset"].items() if k not in ("name", "samples_per_call")}
-                    if preset.get("precision") == "32-true":
-                        preset.pop("precision")
+                    preset = hashed_preset(meta["preset"])
                     config = {"format_version": FORMAT_VERSION, "method": meta.get("method", "cartoonx"),
                               "classifier": meta["classifier"], "preset": preset, "init": meta.get("init", "ones"),
                               "target": "predicted", "seed": meta.get("base_seed"), "layout": meta["layout"],

@@ -44,6 +44,16 @@ def sample_checksum(raw: dict[str, bytes]) -> str:
 
 
 # -- configuration --------------------------------------------------------------------------------------
+def hashed_preset(preset: dict[str, Any]) -> dict[str, Any]:
+    """The fields of a preset (``RDEConfig.to_dict()``) that a target configuration records and hashes: not its
+    name (a label) nor ``samples_per_call`` (memory, not the result); float32 precision is left out, so targets
+    keep the hash they had before precision existed."""
+    params = {k: v for k, v in preset.items() if k not in ("name", "samples_per_call")}
+    if params.get("precision") == "32-true":
+        params.pop("precision")
+    return params
+
+
 def config_hash(config: dict[str, Any]) -> str:
     """Short stable hash of a JSON-serializable target configuration (10 hex digits)."""
     text = json.dumps(config, sort_keys=True, separators=(",", ":"))
