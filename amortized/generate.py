@@ -191,8 +191,9 @@ class TargetGenerator(L.LightningModule):
         if self.labels.cheap and payload is None:
             raise ValueError("cheap labels need the initializer's payload")
         self.payload = payload
-        samples = self.labels.samples or preset.num_samples
-        self.refiner = self.explainer if samples == preset.num_samples else CartoonX(classifier, preset.replace(num_samples=samples))
+        self.label_samples = self.labels.samples or preset.num_samples  # a cheap label's noisy copies per step
+        self.refiner = (self.explainer if self.label_samples == preset.num_samples
+                        else CartoonX(classifier, preset.replace(num_samples=self.label_samples)))
         self.start_fn: Any = None  # the learned start, made on the device in on_predict_start
         self.provenance: dict[str, Any] | None = None
 
@@ -203,8 +204,7 @@ class TargetGenerator(L.LightningModule):
 
     def refinement_cost(self) -> float:
         """A cheap label's refinement in preset steps (its start's cost comes on top)."""
-        samples = self.labels.samples or self.preset.num_samples
-        return float(steps_of_passes(self.labels.steps * samples, self.preset.num_samples))
+        return float(steps_of_passes(self.labels.steps * self.label_samples, self.preset.num_samples))
 
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         out = {"samples": [], "failed": list(batch["failed"])}
@@ -272,7 +272,7 @@ class TargetGenerator(L.LightningModule):
                 "label_kind": "cheap",
                 "checkpoint": self.config["labels"]["checkpoint"],
                 "label_steps": self.labels.steps,
-                "label_samples": self.labels.samples or self.preset.num_samples,
+                "label_samples": self.label_samples,
                 "start_cost": float(start.cost[j]),
                 "start_pruned": bool(start.pruned[j]),
                 "start_backoffs": int(start.backoffs[j]),

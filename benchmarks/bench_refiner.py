@@ -28,9 +28,9 @@ import rde
 from amortized.initializer import LearnedStart
 from amortized.losses import per_scale_abs_error
 from amortized.refiner import Refiner
-from bench_fast_init import DEFAULT_SHARDS, val_samples
+from amortized.shards import DEFAULT_SHARD_DIR
+from bench_fast_init import refine_from, val_samples
 from collect_warmup_signals import as_signals, load_records
-from rde.metrics import collapsed, loss_at
 from rde.start import Start
 
 
@@ -45,7 +45,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--refiner", type=Path, nargs="+", required=True)
     p.add_argument("--data", type=Path, default=Path("outputs/warmup-signals"))
-    p.add_argument("--shards", type=Path, default=DEFAULT_SHARDS)
+    p.add_argument("--shards", type=Path, default=Path(DEFAULT_SHARD_DIR))
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--limit", type=int, default=24)
     p.add_argument("--steps", type=int, default=30)
@@ -78,10 +78,8 @@ def main() -> None:
 
         def refine(name: str, candidate: Start) -> None:
             guarded = start_fn.guarded(x, target, probs, candidate)
-            res = explainer.explain(x, target=target, init=guarded, steps=args.steps, seed=args.seed)
-            loss = float(loss_at(res.history["loss"], [args.steps])[args.steps][0])
-            row[name] = {"ratio": loss / r["final_loss"], "cost": float(guarded.cost[0]),
-                         "collapsed": bool(collapsed(res.history["distortion"], res.target_probs)[0]),
+            run = refine_from(explainer, samples[r["key"]], guarded, args.steps, args.seed)
+            row[name] = {"ratio": run["ratio"], "cost": float(guarded.cost[0]), "collapsed": run["collapsed"],
                          "backoffs": int(guarded.backoffs[0])}
 
         if not args.screen:

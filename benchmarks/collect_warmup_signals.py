@@ -30,7 +30,8 @@ from torch import Tensor
 
 import rde
 from amortized.initializer import LearnedStart
-from bench_fast_init import DEFAULT_SHARDS, val_samples
+from amortized.shards import DEFAULT_SHARD_DIR
+from bench_fast_init import val_samples
 from rde.explanation import SIGNAL_KEYS
 from rde.start import steps_of_passes
 from rde.warmup import WarmupSignals
@@ -75,7 +76,7 @@ def as_signals(records: list[dict]) -> tuple[WarmupSignals, Tensor, Tensor]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--shards", type=Path, default=DEFAULT_SHARDS)
+    p.add_argument("--shards", type=Path, default=Path(DEFAULT_SHARD_DIR))
     p.add_argument("--split", default="train")
     p.add_argument("--offset", type=int, default=0)
     p.add_argument("--limit", type=int, default=300)

@@ -125,8 +125,7 @@ def measure(initializer: Path, shards: Path, photos: int, steps: int = 30, seed:
     import rde
     from amortized import shards as S
     from amortized.initializer import LearnedStart
-    from benchmarks.bench_fast_init import val_samples
-    from rde.metrics import collapsed, loss_at
+    from benchmarks.bench_fast_init import refine_from, val_samples
 
     explainer = rde.CartoonX(rde.create_classifier("efficientnet_lite0"), "cpu")
     layout = S.open_shard_dir(shards).layout()
@@ -137,13 +136,12 @@ def measure(initializer: Path, shards: Path, photos: int, steps: int = 30, seed:
     for s in samples:
         x, target = s["image"][None], torch.tensor([s["target"]])
         init = start_fn(x, target)
-        res = explainer.explain(x, target=target, init=init, steps=steps, seed=seed)
-        ratios[s["key"]] = float(loss_at(res.history["loss"], [steps])[steps][0]) / s["final_loss"]
+        run = refine_from(explainer, s, init, steps, seed)
+        ratios[s["key"]] = run["ratio"]
         costs.append(float(init.cost[0]))
-        lost += int(collapsed(res.history["distortion"], res.target_probs)[0])
+        lost += int(run["collapsed"])
         misses.append(miss_rates(init.mask[0].detach(), s["mask"], layout))
-        per_photo[s["key"]] = {"ratio": round(ratios[s["key"]], 4), "cost": costs[-1],
-                               "collapsed": bool(collapsed(res.history["distortion"], res.target_probs)[0]),
+        per_photo[s["key"]] = {"ratio": round(ratios[s["key"]], 4), "cost": costs[-1], "collapsed": run["collapsed"],
                                "miss": {str(j): None if math.isnan(v) else round(v, 4) for j, v in misses[-1].items()}}
         print(f"  {s['key']}: fast {ratios[s['key']]:.3f}, cost {costs[-1]:.2f}", flush=True)
     per_level = {}

@@ -80,6 +80,11 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def kept_images(out: Path) -> str:
+    """What survives a failed write of explain or compare, and how to go on (for :func:`rde.io.write_failure`)."""
+    return f"the images finished before are kept in {out}: free space and rerun the same command with --resume"
+
+
 def add_explainer_arguments(parser: argparse.ArgumentParser, seed_help: str) -> None:
     """The options that choose the exact optimizer, shared by explain and compare: --model, --preset, --lam,
     --checkpoint (a learned start's), --seed, --device and --precision."""

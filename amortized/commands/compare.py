@@ -32,6 +32,7 @@ from amortized.commands._args import (
     add_explainer_arguments,
     add_rerun_arguments,
     fraction,
+    kept_images,
     outside,
     positive_int,
     positive_steps,
@@ -58,7 +59,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 PICTURES = "pictures.npz"
-KEPT = "the images finished before are kept in {out}: free space and rerun the same command with --resume"
 
 
 def interrupted_hint(args: argparse.Namespace) -> str:
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
         files = comparison.save(args.out)
         figures = plot_comparison(comparison, args.out)
     except OSError as e:
-        raise write_failure(args.out, e, KEPT.format(out=args.out)) from e
+        raise write_failure(args.out, e, kept_images(args.out)) from e
     print(comparison.format_table())
     print(f"wrote {', '.join(str(p) for p in [*files.values(), *figures])}")
     if skipped:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from rde.init import InitSpec
     from rde.layout import MaskLayout
 
-from amortized.commands._args import add_explainer_arguments, add_rerun_arguments, int_at_least, outside, steps_int
+from amortized.commands._args import add_explainer_arguments, add_rerun_arguments, int_at_least, kept_images, outside, steps_int
 
 METHODS = ("cartoonx", "pixel-rde")
 LEARNED_STEPS_FRACTION = 1 / 3  # default refinement after a learned init, relative to the preset's steps
@@ -260,8 +260,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         done, failed = _explain_all(args, explainer, init_for, preset, device, size, list(zip(paths, stems)), failed, bar)
     except OSError as e:  # writing the outputs (a full disk): one line; the images finished before are complete
-        raise write_failure(args.out, e, f"the images finished before are kept in {args.out}: free space and rerun "
-                            "the same command with --resume") from e
+        raise write_failure(args.out, e, kept_images(args.out)) from e
     finally:
         bar.close()
         if created:
