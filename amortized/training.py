@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Sequence
+from unittest import mock
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.cli import LightningCLI
@@ -44,12 +46,16 @@ class InitializerCLI(LightningCLI):
 
 
 def cli_main(args: Sequence[str] | None = None, run: bool = True) -> InitializerCLI:
-    return InitializerCLI(
-        MaskNetModule,
-        LightningDataModule,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        args=list(args) if args is not None else None,
-        run=run,
-    )
+    """Run (or, with ``run=False``, only parse) LightningCLI's ``fit`` on ``args`` (default: ``sys.argv``)."""
+    # With explicit args, LightningCLI warns about any sys.argv[1:] (`cartoonx train ...`'s own, or pytest's):
+    # they are not read, so hide them rather than print a warning on every `cartoonx train`.
+    with mock.patch.object(sys, "argv", sys.argv[:1] if args is not None else sys.argv):
+        return InitializerCLI(
+            MaskNetModule,
+            LightningDataModule,
+            subclass_mode_data=True,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            args=list(args) if args is not None else None,
+            run=run,
+        )

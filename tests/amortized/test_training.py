@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import socket
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -261,6 +262,15 @@ def _printed(capsys, name: str) -> dict:
     with pytest.raises(SystemExit):
         cli_main(["fit", *[arg for path in config_files(name) for arg in ("--config", path)], "--print_config"])
     return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_explicit_args_print_no_warning_about_the_process_arguments(capsys, monkeypatch, recwarn):
+    """`cartoonx train ...` hands its arguments over explicitly; LightningCLI used to warn on every run that
+    sys.argv also held some."""
+    monkeypatch.setattr(sys, "argv", ["cartoonx", "train", "--config", "cpu"])
+    _printed(capsys, "cpu")
+    assert not [w for w in recwarn if "args parameter" in str(w.message)]
+    assert sys.argv == ["cartoonx", "train", "--config", "cpu"]
 
 
 def test_the_shards_overlay_changes_only_the_run(capsys):
