@@ -10,7 +10,8 @@
 #
 # Stages: (a) bf16-mixed vs 32-true parity on 16 photos; the views use bf16-mixed only if it passes. (b) `generate
 # --views --views-only` over the train photos until FLYWHEEL_SECONDS, stopped by SIGTERM (a clean, resumable stop).
-# (c) `cartoonx train` on the GPU on the old targets and the new views together. (d) export of the checkpoint.
+# (c) `cartoonx train` on the GPU on the old targets and the new views together, plus any flags in FLYWHEEL_TRAIN_ARGS
+# (e.g. "--model.loss.unroll_steps 5 --model.loss.unroll_weight 0.03"). (d) export of the checkpoint.
 # (e) the fast metric (bench_fast_init.py) of the new start and of the bundled one on the val photos, in parallel
 # CPU processes. (f) the new view shards packed into tars that fit the return limits.
 # Returned under $OUT (at most 7 files): flywheel.log, metrics.json, initializer.pt, views-1.tar ... views-4.tar.
@@ -108,7 +109,10 @@ trainer:
   default_root_dir: $WORK/run
   logger: [{class_path: lightning.pytorch.loggers.CSVLogger, init_args: {save_dir: $WORK/run, name: csv}}]
 EOF
-timeout $T_TRAIN $PY -m amortized.cli train --config cpu --config "$WORK/data.yaml" --config "$WORK/train.yaml" >> "$LOG" 2>&1 || echo "train: exit $?" | tee -a "$LOG"
+echo "extra train flags (FLYWHEEL_TRAIN_ARGS): ${FLYWHEEL_TRAIN_ARGS:-none}" >> "$LOG"
+# shellcheck disable=SC2086  # FLYWHEEL_TRAIN_ARGS is a list of flags, split on spaces
+timeout $T_TRAIN $PY -m amortized.cli train --config cpu --config "$WORK/data.yaml" --config "$WORK/train.yaml" \
+  ${FLYWHEEL_TRAIN_ARGS:-} >> "$LOG" 2>&1 || echo "train: exit $?" | tee -a "$LOG"
 took train
 
 stage "(d) export"
