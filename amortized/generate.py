@@ -192,8 +192,8 @@ class TargetGenerator(L.LightningModule):
             raise ValueError("cheap labels need the initializer's payload")
         self.payload = payload
         self.label_samples = self.labels.samples or preset.num_samples  # a cheap label's noisy copies per step
-        self.refiner = (self.explainer if self.label_samples == preset.num_samples
-                        else CartoonX(classifier, preset.replace(num_samples=self.label_samples)))
+        self.label_explainer = (self.explainer if self.label_samples == preset.num_samples  # refines cheap labels
+                                else CartoonX(classifier, preset.replace(num_samples=self.label_samples)))
         self.start_fn: Any = None  # the learned start, made on the device in on_predict_start
         self.provenance: dict[str, Any] | None = None
 
@@ -221,7 +221,7 @@ class TargetGenerator(L.LightningModule):
                 ex = self.explainer.explain(images, target=None, init=INIT, seed=seeds)
             else:  # the start's warm-up and guard use the base seed (batch-independent), the refinement each key's
                 start = self.start_fn(images)
-                ex = self.refiner.explain(images, target=None, init=start, steps=self.labels.steps, seed=seeds)
+                ex = self.label_explainer.explain(images, target=None, init=start, steps=self.labels.steps, seed=seeds)
         except Exception as e:  # one bad image must not cost the batch: retry one by one
             if len(items) == 1:
                 out["failed"].append(failure_record(items[0], f"{type(e).__name__}: {e}"))

@@ -95,9 +95,7 @@ class LearnedStart:
         self.refine, self.refiner_samples = "off", 0
         if payload.get("refiner"):
             entry = payload["refiner"]
-            self.refiner = Refiner.from_config(entry["config"])
-            self.refiner.load_state_dict(entry["state_dict"])
-            self.refiner.to(self.device).eval()
+            self.refiner = Refiner.from_saved(entry).to(self.device)
             self.refine, self.refiner_samples = str(entry.get("mode", "select")), int(entry.get("samples", 16))
         if refine is not None:
             self.refine = refine

@@ -113,6 +113,14 @@ class Refiner(nn.Module):
         return cls(inputs=tuple(config["inputs"]), num_scales=int(config["num_scales"]), width=int(config["width"]),
                    depth=int(config["depth"]), raise_only=bool(config.get("raise_only", False)))
 
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> Refiner:
+        """The trained network of a ``{"config", "state_dict"}`` dict (a checkpoint's ``refiner`` entry, or what
+        ``benchmarks/train_refiner.py`` saves), in eval mode."""
+        refiner = cls.from_config(saved["config"])
+        refiner.load_state_dict(saved["state_dict"])
+        return refiner.eval()
+
     def forward(self, features: Tensor, layout: MaskLayout) -> Tensor:
         """The corrected masks ``(B, k)`` of :func:`refiner_features`' ``features``; channel 0 is the start."""
         if len(layout.scales) != self.num_scales:

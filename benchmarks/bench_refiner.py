@@ -34,13 +34,6 @@ from collect_warmup_signals import as_signals, load_records
 from rde.start import Start
 
 
-def load_refiner(path: Path) -> Refiner:
-    saved = torch.load(path, weights_only=True)
-    refiner = Refiner.from_config(saved["config"])
-    refiner.load_state_dict(saved["state_dict"])
-    return refiner.eval()
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--refiner", type=Path, nargs="+", required=True)
@@ -63,7 +56,7 @@ def main() -> None:
     missing = sorted(set(samples) - {r["key"] for r in records})
     if missing:
         print(f"no signals collected for {len(missing)} photos (skipped): {missing}")
-    refiners = {path.stem: load_refiner(path) for path in args.refiner}
+    refiners = {path.stem: Refiner.from_saved(torch.load(path, weights_only=True)) for path in args.refiner}
     layout = explainer.representation(128, 128, torch.device("cpu")).layout
     began = time.perf_counter()
     rows: list[dict] = []

@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout
 from amortized import shards as S
 from amortized.datasets import in_split, key_fraction
 from amortized.generate import sample_cost
+from amortized.losses import per_scale_abs_error
 
 
 def _ordered(index: S.ShardIndex, split: str) -> list[tuple[str, dict[str, bytes]]]:
@@ -69,12 +70,11 @@ def quality(cheap_dir: Path, exact_dir: Path, samples: int, seed: int) -> dict:
             target = s["meta"]["target"]
             obj = explainer.objective(image.expand(2, -1, -1, -1), masks, target=[target, target],
                                       num_samples=samples, seed=seed)
-            err = (masks[0] - masks[1]).abs()
             rows.append({
                 "key": s["key"], "same_target": target == e["meta"]["target"], "cost": sample_cost(s["meta"]),
                 "loss_ratio": float(obj["loss"][0] / obj["loss"][1]),
                 "distortion": [float(obj["distortion"][0]), float(obj["distortion"][1])],
-                "mae": {sc.name: float(err[layout.scale_slice(i)].mean()) for i, sc in enumerate(layout.scales)},
+                "mae": {k: float(v) for k, v in per_scale_abs_error(masks[:1], masks[1:], layout).items()},
             })
     if not rows:
         raise SystemExit(f"no photo of {cheap_dir} has an exact target in {exact_dir}")

@@ -184,8 +184,9 @@ def value(row: dict, key: str) -> float | None:
     return row.get("val", {}).get("val/supervised") if key == "val_supervised" else row.get(key)
 
 
-def photo_ratios(row: dict) -> list[float]:
-    return [p["ratio"] for p in row["per_photo"].values()] if "per_photo" in row else list(row["ratios"].values())
+def photo_ratios(row: dict) -> dict[str, float]:
+    """The fast metric per photo key of a result row (older rows kept only ``ratios``)."""
+    return {k: p["ratio"] for k, p in row["per_photo"].items()} if "per_photo" in row else dict(row["ratios"])
 
 
 def median_interval(values: list[float], level: float = 0.68, draws: int = 4000, seed: int = 0) -> tuple[float, float]:
@@ -217,14 +218,10 @@ def fit_power_floor(n: np.ndarray, y: np.ndarray) -> dict:
             "sse": sse, "dof": len(n) - 3}
 
 
-def photo_keys_ratios(row: dict) -> dict[str, float]:
-    return {k: p["ratio"] for k, p in row["per_photo"].items()} if "per_photo" in row else dict(row["ratios"])
-
-
 def slope_interval(rows: list[dict], draws: int = 2000, seed: int = 0) -> dict:
     """The power law's exponent b and the n where it reaches the oracle, over bootstrap draws of the photos (the
     same draw for every n, as every n is measured on the same photos): how far the photo sample alone moves them."""
-    per_n = sorted((r["n"], photo_keys_ratios(r)) for r in rows)
+    per_n = sorted((r["n"], photo_ratios(r)) for r in rows)
     keys = sorted(set.intersection(*(set(d) for _, d in per_n)))
     n = np.array([x for x, _ in per_n], dtype=float)
     table = np.array([[d[k] for k in keys] for _, d in per_n])  # (len(n), photos)
@@ -285,7 +282,7 @@ def plot(rows: list[dict], dest: Path, refs: list[dict] = ()) -> None:
     n = np.array([r["n"] for r in rows], dtype=float)
     fig, (ax, bx, cx) = plt.subplots(1, 3, figsize=(16, 4.6))
     y = np.array([r["fast_metric"] for r in rows])
-    lo, hi = np.array([median_interval(photo_ratios(r)) for r in rows]).T
+    lo, hi = np.array([median_interval(list(photo_ratios(r).values())) for r in rows]).T
     ax.errorbar(n, y, yerr=np.clip([y - lo, hi - y], 0, None), fmt="o", color="C0", capsize=3,
                 label="learned start, shipped policy (bootstrap 68 % of the median)")
     grid = np.geomspace(50, 1e7, 200)
@@ -344,9 +341,9 @@ def report(rows: list[dict]) -> None:
     for r in sorted(rows, key=lambda r: r["n"]):
         miss = _misses(r)
         val = value(r, "val_supervised")
-        lo, hi = median_interval(photo_ratios(r))
+        lo, hi = median_interval(list(photo_ratios(r).values()))
         print(f"n={r['n']:4d} steps={r['optimizer_steps']} fast={r['fast_metric']:.3f} ({lo:.3f}-{hi:.3f}) "
-              f"collapsed={r['collapsed']}/{r['photos']} above 2: {sum(x > 2 for x in photo_ratios(r))} "
+              f"collapsed={r['collapsed']}/{r['photos']} above 2: {sum(x > 2 for x in photo_ratios(r).values())} "
               f"cost={r['median_start_cost_steps']:.2f} "
               f"val_supervised={'–' if val is None else f'{val:.4f}'} miss L1..5={miss} "
               f"train {r['train_seconds']}s measure {r['measure_seconds']}s")
@@ -410,7 +407,7 @@ def main() -> None:
     refs = [r for r in read_rows(ref_jsonl) if r["photos"] == args.photos]
     for r in refs:
         print(f"reference {r['initializer']}: fast {r['fast_metric']:.3f} collapsed {r['collapsed']}/{r['photos']} "
-              f"above 2: {sum(x > 2 for x in photo_ratios(r))} cost {r['median_start_cost_steps']:.2f} miss L1..5 "
+              f"above 2: {sum(x > 2 for x in photo_ratios(r).values())} cost {r['median_start_cost_steps']:.2f} miss L1..5 "
               + _misses(r))
     if rows:
         report(rows)
